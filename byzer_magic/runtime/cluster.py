@@ -1,0 +1,219 @@
+"""Connect to Ray: an existing cluster (``RAY_ADDRESS`` or an explicit address), or the embedded
+default, a local Ray head that byzer-magic starts itself as a daemon and reuses while it lives.
+
+The embedded head binds its dashboard (and so the Jobs API) to 127.0.0.1 and turns on Ray's token
+authentication with a token private to the user; every client we start gets ``RAY_AUTH_MODE=token``
+and the token's path. Because the head is its own process session, detached jobs outlive the kernel.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from byzer_magic.errors import ByzerError
+from byzer_magic.runtime.home import state_dir
+
+HEAD_FILE = "ray_head.json"
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str          # the GCS address ray.init() takes
+    dashboard_url: str    # http://host:port, also the Jobs API
+    embedded: bool        # True: the local head byzer-magic started
+    started: bool = False  # True: started by this call (False: reused or external)
+
+    def describe(self) -> str:
+        if not self.embedded:
+            return f"Ray cluster at {self.address} (dashboard {self.dashboard_url})"
+        verb = "started" if self.started else "reusing"
+        return f"Embedded Ray head ({verb}) at {self.address}; dashboard {self.dashboard_url}"
+
+
+def _token_path() -> Path:
+    path = state_dir() / "ray_auth_token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def auth_env() -> dict[str, str]:
+    """The variables a client of the embedded head needs (Ray 2.60 token auth)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(_token_path())}
+
+
+def use_auth_env() -> None:
+    """Put the auth variables into this process, also when ``ray`` was imported before them: Ray
+    caches its config at import, so refresh it the way Ray itself does when it enables token auth."""
+    os.environ.update(auth_env())
+    import ray._raylet  # noqa: PLC0415
+
+    ray._raylet.Config.initialize("")
+
+
+def _alive(dashboard_url: str) -> bool:
+    request = urllib.request.Request(f"{dashboard_url}/api/version",
+                                     headers={"Authorization": f"Bearer {_token_path().read_text().strip()}"})
+    try:
+        with urllib.request.urlopen(request, timeout=3) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def _temp_dir() -> Path:
+    # Ray puts unix sockets under its temp dir: keep the path short (sun_path is 107 bytes).
+    preferred = state_dir() / "ray"
+    if len(str(preferred)) <= 40:
+        return preferred
+    return Path(tempfile.gettempdir()) / f"byzer-ray-{os.getuid()}-{abs(hash(str(preferred))) % 10**8}"
+
+
+def default_num_cpus() -> int:
+    """Logical CPUs for the embedded head.
+
+    Training workers, the Train controller, the job driver and Ray Data's tokenising tasks each hold a
+    CPU slot; on a 2-core laptop, slots equal to the cores would leave tokenising tasks waiting for
+    workers that wait for data. Over-subscribing the slots slows nothing that would otherwise run and
+    keeps every stage schedulable.
+    """
+    return max(8, 2 * (os.cpu_count() or 1))
+
+
+def _head_env() -> dict[str, str]:
+    env = dict(os.environ, **auth_env())
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(state_dir() / "torch_extensions"))
+    env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    env.setdefault("NCCL_NVLS_ENABLE", "0")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> ClusterInfo:
+    """Start a Ray head bound to 127.0.0.1 as a daemon (own process session) and record it."""
+    temp_dir = _temp_dir()
+    temp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ray_bin = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port=0",
+           "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--dashboard-port=0",
+           f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus or default_num_cpus()}",
+           "--disable-usage-stats", "--include-dashboard=true"]
+    log = state_dir() / "ray_head.log"
+    with open(log, "wb") as out:
+        proc = subprocess.run(cmd, env=_head_env(), stdout=out, stderr=subprocess.STDOUT,
+                              start_new_session=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise ByzerError("could not start the embedded Ray head: " + " | ".join(tail) + f" (full log: {log})")
+    address = (temp_dir / "ray_current_cluster").read_text().strip()
+    dashboard_url = _dashboard_url(address)
+    deadline = time.time() + timeout
+    while not _alive(dashboard_url):
+        if time.time() > deadline:
+            raise ByzerError(f"the embedded Ray head started but its dashboard {dashboard_url} never answered")
+        time.sleep(0.5)
+    info = ClusterInfo(address=address, dashboard_url=dashboard_url, embedded=True, started=True)
+    (state_dir() / HEAD_FILE).write_text(json.dumps(asdict(info) | {"temp_dir": str(temp_dir)}))
+    return info
+
+
+def _dashboard_url(address: str) -> str:
+    """Ask the GCS where the dashboard is (ray.init on the driver would also tell, but costs more)."""
+    use_auth_env()
+    from ray._private.services import get_webui_url_from_internal_kv  # noqa: PLC0415
+    import ray  # noqa: PLC0415
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    url = get_webui_url_from_internal_kv() or ""
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def recorded_head() -> ClusterInfo | None:
+    """The embedded head recorded in the state folder, if it is still alive."""
+    path = state_dir() / HEAD_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data.pop("temp_dir", None)
+    info = ClusterInfo(**{**data, "started": False})
+    return info if _alive(info.dashboard_url) else None
+
+
+def head_was_lost() -> bool:
+    """True when a head was recorded but no longer answers (it died or the machine restarted)."""
+    return (state_dir() / HEAD_FILE).exists() and recorded_head() is None
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> ClusterInfo:
+    """Connect this process to Ray, starting the embedded head when no address is configured."""
+    import ray  # noqa: PLC0415
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        if not ray.is_initialized():
+            ctx = ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            url = ctx.dashboard_url or ""
+        else:
+            url = ray.get_runtime_context().gcs_address
+        return ClusterInfo(address=address, dashboard_url=url if url.startswith("http") else f"http://{url}",
+                           embedded=False)
+    use_auth_env()
+    info = recorded_head()
+    if info is None:
+        if ray.is_initialized():
+            ray.shutdown()
+        info = start_local_head(num_cpus=num_cpus)
+    if not ray.is_initialized():
+        ray.init(address=info.address, logging_level="ERROR", log_to_driver=False)
+    return info
+
+
+def stop_local_head() -> None:
+    """Stop the embedded head (tests, and `%byzerllm` users who want their memory back)."""
+    import ray  # noqa: PLC0415
+
+    if ray.is_initialized():
+        ray.shutdown()
+    path = state_dir() / HEAD_FILE
+    if not path.exists():
+        return
+    temp_dir = json.loads(path.read_text()).get("temp_dir")
+    path.unlink(missing_ok=True)
+    if temp_dir:
+        _kill_processes_under(temp_dir)
+
+
+def _kill_processes_under(temp_dir: str, grace: float = 10) -> None:
+    """End the processes of the head whose session lives in ``temp_dir`` (``ray stop`` would end
+    every Ray on the machine, other users' and other heads' too)."""
+    import psutil  # noqa: PLC0415
+
+    ours = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in proc.info["cmdline"] or []):
+                ours.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in ours:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(ours, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
