@@ -1,0 +1,372 @@
+"""Parse a ``%%byzerllm`` cell into statements (see ``grammar.lark`` and spec section 2).
+
+``parse_cell(text)`` returns the statements of ``statements.py``; a syntax error is a ``ByzerError``
+with the statement, line, column and a plain-words message.
+
+Choices:
+
+- ``;`` ends a statement. The last statement of a cell may leave it out (``select ... as t`` alone in a
+  cell is a whole statement); anywhere else a missing ``;`` is the error "expected ';' to end the
+  statement", with the caret where the ``;`` belongs. Empty statements (``;;``) are skipped.
+- Strings: ``"..."`` and ``'...'`` end on their own line and know the escapes ``\\n \\t \\r \\b \\f
+  \\0 \\\\ \\" \\' \\` \\uXXXX``; any other backslash is kept as written (``\\d``, ``C:\\data``, and
+  ``\\${`` for interpolation.py). ``'''...'''`` is verbatim and may span lines.
+- ``${name}`` is not substituted here: values are kept raw, ``interpolation.interpolate`` runs when
+  the statement does (so that a ``set`` earlier in the same cell is seen).
+- The SQL of a ``select`` is lexed the way DuckDB does (``'it''s'``, ``"quoted name"``, ``--`` and
+  ``/* */`` comments, parentheses); its alias is the last top-level ``as NAME``.
+- ``where`` may also be written ``options`` (as in Byzer); ``set x=... where type="..."`` is accepted
+  and the ``where`` ignored.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from byzer_magic.errors import ByzerError, did_you_mean
+from byzer_magic.language.statements import (LoadStatement, Option, RunStatement, SelectStatement,
+                                             SetStatement, SetupStatement, Span, Statement)
+
+STATEMENTS = ("load", "select", "run", "set", "!byzerllm setup")
+_KEYWORD_STATEMENT = {"LOAD": "load", "SELECT": "select", "RUN": "run", "SET": "set",
+                      "BYZERLLM": "!byzerllm setup"}
+_STRING_TERMINALS = {"DQ_STRING", "SQ_STRING", "TRIPLE_STRING", "SQL_STRING", "SQL_QUOTED_NAME"}
+
+
+@functools.cache
+def _lark() -> Lark:
+    grammar = Path(__file__).with_name("grammar.lark").read_text(encoding="utf-8")
+    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True)
+
+
+def parse_cell(text: str) -> list[Statement]:
+    """The statements of a cell, in order; ``[]`` for an empty cell or one of only comments."""
+    cell = _Cell(text)
+    cell.check_characters()
+    tree = _parse_tree(cell)
+    return [_build(cell, child) for child in tree.children if isinstance(child, Tree)]
+
+
+class _Cell:
+    """The cell's text, and positions in it for messages."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.lines = text.split("\n")
+
+    def line_text(self, line: int) -> str:
+        return self.lines[line - 1].rstrip("\r") if 0 < line <= len(self.lines) else ""
+
+    def span(self, line: int, column: int) -> Span:
+        return Span(line, column, self.line_text(line))
+
+    def position(self, offset: int) -> tuple[int, int]:
+        """1-based (line, column) of a character offset."""
+        line = self.text.count("\n", 0, offset) + 1
+        return line, offset - (self.text.rfind("\n", 0, offset) + 1) + 1
+
+    def error(self, message: str, statement: str | None, line: int, column: int) -> ByzerError:
+        return ByzerError(message, statement=statement, line=line, column=column,
+                          source_line=self.line_text(line))
+
+    def after(self, token: Token) -> tuple[int, int]:
+        """The position just after a token (where a missing ';' belongs)."""
+        return token.end_line, token.end_column
+
+    def check_characters(self) -> None:
+        for match in re.finditer(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", self.text):
+            line, column = self.position(match.start())
+            raise self.error(f"control character U+{ord(match.group()):04X} is not allowed", None, line, column)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running the parser, and turning lark's errors into messages a user can act on.
+
+def _parse_tree(cell: _Cell) -> Tree:
+    parser = _lark().parse_interactive(cell.text)
+    context = _Context()
+    try:
+        # InteractiveParser.iter_parse, with the token recorded only once the parser took it.
+        for token in parser.lexer_thread.lex(parser.parser_state):
+            parser.feed_token(token)
+            context.saw(token)
+        return parser.feed_eof(context.previous)
+    except UnexpectedInput as exc:
+        raise _syntax_error(cell, context, parser, exc) from None
+
+
+class _Context:
+    """What the parser has seen so far: the current statement's first token, the last token, open '('."""
+
+    def __init__(self):
+        self.statement: Token | None = None
+        self.previous: Token | None = None
+        self.open_parens: list[Token] = []
+        self.as_count = 0  # `as` seen in this statement: a run's first `as` names its transform
+
+    def saw(self, token: Token) -> None:
+        if token.type == "SEMI":
+            self.statement, self.as_count = None, 0
+        elif self.statement is None:
+            self.statement = token
+        self.as_count += token.type == "AS"
+        if token.type == "LPAR":
+            self.open_parens.append(token)
+        elif token.type == "RPAR" and self.open_parens:
+            self.open_parens.pop()
+        self.previous = token
+
+    @property
+    def name(self) -> str | None:
+        return _KEYWORD_STATEMENT.get(self.statement.type) if self.statement else None
+
+
+def _expected(parser) -> set[str]:
+    state = parser.parser_state
+    return {t for t in state.parse_conf.parse_table.states[state.position] if t.isupper()}
+
+
+def _syntax_error(cell: _Cell, context: _Context, parser, exc: UnexpectedInput) -> ByzerError:
+    expected = _expected(parser)
+    token = getattr(exc, "token", None)
+    at_end = token is not None and token.type == "$END"
+    offset = len(cell.text) if at_end else (token.start_pos if token is not None else exc.pos_in_stream)
+    line, column = cell.position(offset)
+    rest = cell.text[offset:]
+    name = context.name
+
+    if name is None and not at_end:
+        word = re.match(r"!?\w+|\S", rest).group()
+        if word.lower() == "!byzerllm":
+            return cell.error('expected "setup" after !byzerllm', word, line, column + len(word) + 1)
+        hint = did_you_mean(word, STATEMENTS) or did_you_mean(word.lstrip("!"), STATEMENTS)
+        return cell.error(f'unknown statement "{word}"{hint}; statements are: {", ".join(STATEMENTS)}',
+                          word, line, column)
+
+    if not at_end and rest[:1] in "'\"`" and _opens_string(rest[:1], expected):
+        return _unterminated(cell, rest, offset, name, line, column)
+
+    if context.open_parens and (at_end or rest[:1] == ";"):
+        paren = context.open_parens[-1]
+        where = (line, column) if not at_end else cell.after(context.previous)
+        return cell.error(f"expected ')' to close the '(' at line {paren.line}, column {paren.column}",
+                          name, *where)
+    if rest[:1] == ")" and "SQL_WORD" in expected:
+        return cell.error("')' without a matching '('", name, line, column)
+
+    found = _describe_found(rest, at_end)
+    if "SEMI" in expected:
+        if "AND" in expected and re.match(r"(`[^`\n]*`|\w+(\.\w+)*)\s*=", rest):
+            return cell.error(f'expected "and" between options, found {found}', name, line, column)
+        line, column = cell.after(context.previous)
+        extra = "" if at_end else f" (found {found}" + (f" on line {cell.position(offset)[0]})"
+                                                        if cell.position(offset)[0] != line else ")")
+        return cell.error(f"expected ';' to end the statement{extra}", name, line, column)
+    if at_end:
+        line, column = cell.after(context.previous)
+    what = _describe_expected(expected, context)
+    return cell.error(f"expected {what}, found {found}", name, line, column)
+
+
+def _opens_string(quote: str, expected: set[str]) -> bool:
+    kinds = {"'": {"SQ_STRING", "TRIPLE_STRING", "SQL_STRING"}, '"': {"DQ_STRING", "SQL_QUOTED_NAME"},
+             "`": {"BQ", "SQL_BQ"}}[quote]
+    return bool(kinds & expected)
+
+
+def _unterminated(cell: _Cell, rest: str, offset: int, name: str | None, line: int, column: int):
+    opened = f"opened at line {line}, column {column}"
+    if rest.startswith("'''"):
+        what, (end_line, end_column) = "'''...''' string", cell.position(len(cell.text))
+    elif rest[0] == "`":
+        what, end_line, end_column = "back-quoted name", line, len(cell.line_text(line)) + 1
+    else:
+        what, end_line, end_column = "string", line, len(cell.line_text(line)) + 1
+        if name == "select":
+            end_line, end_column = cell.position(len(cell.text))
+        elif rest[0] in rest[1:]:
+            opened += f"; only '''...''' strings may span lines"
+    return cell.error(f"unterminated {what} ({opened})", name, end_line, end_column)
+
+
+def _describe_found(rest: str, at_end: bool) -> str:
+    if at_end:
+        return "the end of the cell"
+    if rest[0] == ";":
+        return "';'"
+    if rest[0] == "；":
+        return "a full-width '；' (write ';')"
+    if rest[0] in "'\"":
+        return "a string"
+    word = re.match(r"`[^`\n]*`|[!\w]+|\S", rest).group()
+    return f'"{word[:30]}"'
+
+
+_WORDS = {
+    "AS": '"as"', "WHERE": '"where"', "AND": '"and"', "SETUP": '"setup"', "EQ": "'='", "DOT": "'.'",
+    "BQ": "a back-quoted path such as `/data/*.txt` (`` for none)",
+    "OPTION_KEY": 'an option such as key="value"',
+    "DQ_STRING": "a value (\"...\", '...', '''...''' or a bare word)",
+    "SETUP_WORD": 'a setting such as sfft or "num_gpus=24"',
+    "RPAR": "')'",
+}
+
+
+def _describe_expected(expected: set[str], context: _Context) -> str:
+    words = []
+    for terminal in sorted(expected - {"$END", "SEMI"}):
+        if terminal == "NAME":
+            words.append(_name_word(context))
+        elif terminal in ("SQ_STRING", "TRIPLE_STRING", "BARE_VALUE") or terminal.startswith("SQL"):
+            words.append(_WORDS["DQ_STRING"] if terminal != "BARE_VALUE" or "DQ_STRING" not in expected else "")
+        else:
+            words.append(_WORDS.get(terminal, terminal.lower()))
+    words = list(dict.fromkeys(w for w in words if w))
+    return " or ".join(words) if words else "';'"
+
+
+def _name_word(context: _Context) -> str:
+    previous = context.previous.type if context.previous else None
+    if previous == "LOAD":
+        return "a format such as text.`/path`"
+    if previous == "SET":
+        return "a variable name"
+    if previous == "AS" and context.name == "run" and context.as_count == 1:
+        return "a transform such as TableRepartition.`` or LLM.``"
+    return "a table name"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building statements from the tree.
+
+def _build(cell: _Cell, tree: Tree) -> Statement:
+    tokens = [c for c in tree.children if isinstance(c, Token)]
+    first = tokens[0]
+    span = cell.span(first.line, first.column)
+    text = cell.text[tree.meta.start_pos:tree.meta.end_pos]
+    builder = {"load": _build_load, "select": _build_select, "run": _build_run, "set": _build_set,
+               "setup": _build_setup}[tree.data]
+    return builder(cell, tree, span, text)
+
+
+def _build_load(cell, tree, span, text):
+    _, fmt, _, path, *rest = tree.children
+    return LoadStatement(span=span, text=text, format=str(fmt), path=str(path)[1:-1],
+                         options=_options(cell, rest, "load"), alias=str(rest[-1]))
+
+
+def _build_run(cell, tree, span, text):
+    _, source, _, transform, *rest = tree.children
+    path = ""
+    if rest and isinstance(rest[0], Token) and rest[0].type == "DOT":
+        path, rest = str(rest[1])[1:-1], rest[2:]
+    alias = str(rest[-1]) if rest and isinstance(rest[-1], Token) else None
+    source = str(source)[1:-1] if source.type == "BQ" else str(source)
+    return RunStatement(span=span, text=text, input=source, transform=str(transform), path=path,
+                        options=_options(cell, rest, "run"), alias=alias)
+
+
+def _build_set(cell, tree, span, text):
+    _, name, _, value, *_ignored_where = tree.children
+    return SetStatement(span=span, text=text, name=str(name), value=_value(value))
+
+
+def _build_setup(cell, tree, span, text):
+    value = tree.children[2]
+    if isinstance(value, Tree):
+        return SetupStatement(span=span, text=text, value=_unquote(value.children[0]), quoted=True)
+    return SetupStatement(span=span, text=text, value=str(value), quoted=False)
+
+
+def _build_select(cell, tree, span, text):
+    items = tree.children[1:]
+    _check_select_continues(cell, items)
+    if len(items) < 3 or not _is_word(items[-2], "as") or not _is_token(items[-1], "SQL_WORD"):
+        end = items[-1] if items else tree.children[0]
+        line, column = (end.end_line, end.end_column) if isinstance(end, Token) else (
+            end.meta.end_line, end.meta.end_column)
+        raise cell.error('expected "as NAME" at the end of the select, to name its result table',
+                         "select", line, column)
+    last = items[-3]
+    end_pos = last.end_pos if isinstance(last, Token) else last.meta.end_pos
+    sql = cell.text[tree.children[0].start_pos:end_pos]
+    return SelectStatement(span=span, text=text, sql=sql, alias=str(items[-1]), sql_span=span)
+
+
+_SET_OPERATORS = {"union", "all", "distinct", "intersect", "except", "by", "as"}
+
+
+def _check_select_continues(cell: _Cell, items) -> None:
+    """A statement keyword that starts a line inside a select most likely follows a forgotten ';'."""
+    previous = None
+    for item in items:
+        if isinstance(item, Token) and previous is not None and item.line > _end_line(previous):
+            word = str(item).lower()
+            starts = word in ("load", "run", "set") or (word == "!" and False)
+            if word == "select" and not (isinstance(previous, Token) and str(previous).lower() in _SET_OPERATORS):
+                starts = isinstance(previous, Token) and previous.type == "SQL_WORD"
+            if starts or (item.type == "SQL_PUNCT" and cell.text.startswith("!byzerllm", item.start_pos)):
+                line, column = _end_line(previous), _end_column(previous)
+                raise cell.error(f"expected ';' to end the statement (found \"{item}\" on line {item.line})",
+                                 "select", line, column)
+        previous = item
+
+
+def _end_line(item) -> int:
+    return item.end_line if isinstance(item, Token) else item.meta.end_line
+
+
+def _end_column(item) -> int:
+    return item.end_column if isinstance(item, Token) else item.meta.end_column
+
+
+def _is_token(item, kind: str) -> bool:
+    return isinstance(item, Token) and item.type == kind
+
+
+def _is_word(item, word: str) -> bool:
+    return _is_token(item, "SQL_WORD") and str(item).lower() == word
+
+
+def _options(cell: _Cell, rest, statement: str) -> tuple[Option, ...]:
+    where = next((c for c in rest if isinstance(c, Tree) and c.data == "where_clause"), None)
+    if where is None:
+        return ()
+    options: list[Option] = []
+    seen: set[str] = set()
+    for option in where.find_data("option"):
+        key_token, _, value = option.children
+        key = str(key_token)[1:-1] if key_token.type == "BQ" else str(key_token)
+        if key in seen:
+            raise cell.error(f'option "{key}" is given twice', statement, key_token.line, key_token.column)
+        seen.add(key)
+        options.append(Option(key=key, value=_value(value), span=cell.span(key_token.line, key_token.column)))
+    return tuple(options)
+
+
+def _value(value: Tree) -> str:
+    inner = value.children[0]
+    if isinstance(inner, Tree):  # string
+        return _unquote(inner.children[0])
+    return str(inner)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "0": "\0", "\\": "\\", '"': '"',
+            "'": "'", "`": "`"}
+
+
+def _unquote(token: Token) -> str:
+    if token.type == "TRIPLE_STRING":
+        return str(token)[3:-3]
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", _unescape, str(token)[1:-1])
+
+
+def _unescape(match: re.Match) -> str:
+    code = match.group(1)
+    if len(code) == 5:
+        return chr(int(code[1:], 16))
+    return _ESCAPES.get(code, match.group())
