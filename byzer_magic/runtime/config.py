@@ -1,0 +1,215 @@
+"""The job configuration: training arguments, the parallel setup, and the DeepSpeed config.
+
+Validated once, before anything starts (torchtitan's model): a bad value is a ``ByzerError`` that names
+the field, never a failure minutes later inside a worker.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+from byzer_magic.errors import ByzerError, did_you_mean
+
+DEFAULT_CONFIG = json.dumps({
+    "train_micro_batch_size_per_gpu": 1,
+    "gradient_accumulation_steps": 1,
+    "gradient_clipping": 1.0,
+    "steps_per_print": 1_000_000,  # we log ourselves; DeepSpeed's own prints would flood the cell
+    "zero_allow_untested_optimizer": True,
+    "optimizer": {"type": "AdamW", "params": {"lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8,
+                                              "weight_decay": 0.1}},
+    "scheduler": {"type": "WarmupCosineLR", "params": {"warmup_num_steps": "auto", "total_num_steps": "auto",
+                                                       "warmup_min_ratio": 0.0, "cos_min_ratio": 0.1}},
+    "zero_optimization": {"stage": 2, "contiguous_gradients": True, "overlap_comm": True,
+                          "reduce_scatter": True, "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
+    "bf16": {"enabled": "auto"},
+}, indent=2)
+
+OPTIMIZERS = ("Adam", "AdamW", "SGD", "Lamb", "Lion", "OneBitAdam", "Adagrad")
+SCHEDULERS = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest")
+
+
+@dataclass
+class TrainArgs:
+    """Training arguments; the ``sfft.<type>.<key>`` parameters of ``run ... as LLM`` map onto these."""
+    model_path: str | None = None            # continue from this HF folder (None: from scratch)
+    tokenizer_path: str | None = None        # tokenizer.model or a HF tokenizer folder (default: model's)
+    data_dir: str | None = None              # a folder (or glob) of text files, instead of an input table
+    checkpoint_saving_path: str | None = None  # default: <job dir>/checkpoints
+    steps_per_epoch: int | None = None       # None: one pass over the data per epoch
+    max_length: int = 1024                   # tokens per packed training sequence
+    epoches: int = 1                          # (sic: Byzer's spelling) number of epochs
+    checkpoint_every: int = 500              # DeepSpeed checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 3                # how many step checkpoints to keep on disk
+    log_every: int = 1                       # write metrics every N steps
+    seed: int = 42
+    max_failures: int = 3                    # worker-group restarts from the last checkpoint
+    warmup_ratio: float = 0.05               # for "auto" warmup steps
+    text_column: str = "text"
+
+    def __post_init__(self):
+        for name, low in (("max_length", 2), ("epoches", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+                          ("log_every", 1), ("max_failures", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ByzerError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int)
+                                                 or self.steps_per_epoch < 1):
+            raise ByzerError(f"steps_per_epoch must be a positive integer, got {self.steps_per_epoch!r}")
+
+    @classmethod
+    def field_types(cls) -> dict[str, type]:
+        kinds = {"int": int, "float": float, "str": str, "bool": bool}
+        out = {}
+        for f in fields(cls):
+            text = str(f.type)
+            out[f.name] = next((t for k, t in kinds.items() if text.startswith(k)), str)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainArgs":
+        valid = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in valid:
+                raise ByzerError(f"unknown training argument {key!r}{did_you_mean(key, valid)}; "
+                                 f"valid: {', '.join(sorted(valid))}")
+        return cls(**values)
+
+
+@dataclass
+class ParallelConfig:
+    """How a run is laid out on the cluster (spec section 5 keeps these names)."""
+    num_workers: int = 1
+    get_model: Callable[[], Any] | None = None   # from scratch: builds the model (Python API)
+    ds_config: dict | str | None = None          # merged over DEFAULT_CONFIG
+    train_args: TrainArgs = field(default_factory=TrainArgs)
+    setup_nccl_socket_ifname_by_ip: bool = False
+    name: str | None = None                      # job name (default sfft-<user>-<time>)
+    local_path_prefix: str | None = None         # jobs folder (default ~/byzer_magic/jobs)
+    model_type: str = "sfft/llama2"
+    model_config: dict | None = None             # from scratch, without get_model
+    use_gpu: bool | None = None                  # None: GPUs when the cluster has them
+    keep_partition_num: bool = False             # partition i of the input goes to worker i
+    input_table: Any = None                      # a ray.data.Dataset with a `text` column
+    input_table_name: str | None = None
+    output_table: str | None = None
+    cpus_per_worker: float = 1
+
+    def __post_init__(self):
+        if not isinstance(self.num_workers, int) or self.num_workers < 1:
+            raise ByzerError(f"num_workers must be a positive integer, got {self.num_workers!r}")
+        if isinstance(self.train_args, dict):
+            self.train_args = TrainArgs.from_dict(self.train_args)
+
+
+def parse_ds_config(value: dict | str | None) -> dict:
+    """The user's DeepSpeed config as a dict; a string must be a JSON object."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return copy.deepcopy(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ByzerError(f"deepspeedConfig is not valid JSON: {err.msg} at line {err.lineno}, "
+                         f"column {err.colno}") from None
+    if not isinstance(parsed, dict):
+        raise ByzerError("deepspeedConfig must be a JSON object ({...})")
+    return parsed
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("optimizer", "scheduler"):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _validate(cfg: dict) -> None:
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # noqa: PLC0415
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ByzerError(f"deepspeedConfig: {key} must be a positive integer, got {value!r}")
+    if "train_batch_size" in cfg and not isinstance(cfg["train_batch_size"], int):
+        raise ByzerError(f"deepspeedConfig: train_batch_size must be an integer, got {cfg['train_batch_size']!r}")
+    opt = cfg.get("optimizer")
+    if opt is not None:
+        if not isinstance(opt, dict) or "type" not in opt:
+            raise ByzerError('deepspeedConfig: optimizer must be {"type": ..., "params": {...}}')
+        if opt["type"].lower() not in {o.lower() for o in OPTIMIZERS}:
+            raise ByzerError(f"deepspeedConfig: unknown optimizer {opt['type']!r}"
+                             f"{did_you_mean(opt['type'], OPTIMIZERS)}; valid: {', '.join(OPTIMIZERS)}")
+    sched = cfg.get("scheduler")
+    if sched is not None and sched.get("type") not in SCHEDULERS:
+        raise ByzerError(f"deepspeedConfig: unknown scheduler {sched.get('type')!r}"
+                         f"{did_you_mean(str(sched.get('type')), SCHEDULERS)}; valid: {', '.join(SCHEDULERS)}")
+    zero = cfg.get("zero_optimization", {})
+    try:
+        DeepSpeedZeroConfig(**zero)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ByzerError(f"deepspeedConfig: zero_optimization.{where}: {first['msg']}") from None
+    except TypeError as err:
+        raise ByzerError(f"deepspeedConfig: zero_optimization: {err}") from None
+
+
+def resolve_ds_config(user: dict | str | None, *, on_gpu: bool, bf16_supported: bool = True,
+                      total_steps: int | None = None, warmup_ratio: float = 0.05) -> tuple[dict, list[str]]:
+    """Merge the user's DeepSpeed config over ours and fit it to the hardware.
+
+    Returns the config and the notes to show the user: every setting we could not honour, and what
+    was used instead (never silently).
+    """
+    cfg = _merge(json.loads(DEFAULT_CONFIG), parse_ds_config(user))
+    _validate(cfg)
+    notes: list[str] = []
+    bf16 = cfg.get("bf16", {}).get("enabled")
+    fp16 = cfg.get("fp16", {}).get("enabled") is True
+    if not on_gpu:
+        if bf16 is True or fp16:
+            notes.append(f"{'bf16' if bf16 is True else 'fp16'} is not used on the CPU: training in fp32")
+        cfg["bf16"] = {"enabled": False}
+        cfg.pop("fp16", None)
+        zero = cfg.setdefault("zero_optimization", {})
+        for part in ("offload_optimizer", "offload_param"):
+            if zero.pop(part, None):
+                notes.append(f"zero_optimization.{part} to the CPU is dropped: training already runs on the CPU")
+        # DeepSpeed's fused/CPU Adam would JIT-compile C++ ops (~100 s) for no gain on tiny CPU runs.
+        if cfg.get("optimizer", {}).get("type", "").lower() in ("adam", "adamw"):
+            cfg["optimizer"].setdefault("params", {})["torch_adam"] = True
+    elif bf16 == "auto":
+        cfg["bf16"] = {"enabled": bool(bf16_supported)}
+        if not bf16_supported:
+            cfg["fp16"] = {"enabled": True}
+    sched = cfg.get("scheduler")
+    if sched and total_steps:
+        params = sched.setdefault("params", {})
+        if params.get("total_num_steps") == "auto":
+            params["total_num_steps"] = max(total_steps, 1)
+        if params.get("warmup_num_steps") == "auto":
+            params["warmup_num_steps"] = max(1, int(total_steps * warmup_ratio))
+    elif sched:
+        params = sched.get("params", {})
+        if "auto" in (params.get("total_num_steps"), params.get("warmup_num_steps")):
+            # Without a step count the schedule cannot be laid out: hold the lr after a short warmup.
+            cfg["scheduler"] = {"type": "WarmupLR", "params": {"warmup_num_steps": 10}}
+    cfg.pop("train_batch_size", None)  # derived from micro-batch x accumulation x workers
+    return cfg, notes
+
+
+def describe(config: ParallelConfig) -> dict:
+    """A JSON-able description of the config (the job's metadata)."""
+    skip = ("get_model", "input_table", "train_args", "ds_config")
+    out = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in skip}
+    out["train_args"] = asdict(config.train_args)
+    out["ds_config"] = parse_ds_config(config.ds_config)
+    return out

@@ -1,0 +1,226 @@
+"""``DeepSpeedTrain``: check a run, lay out its folder, and submit it as a Ray Job.
+
+Blocking and detached runs share this one path: ``train()`` is ``submit()`` followed by waiting (an
+interrupt stops the job). Everything that can be checked before the job starts is checked here, in
+seconds, so that a mistake never surfaces minutes later inside a worker.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from byzer_magic.errors import ByzerError, did_you_mean
+from byzer_magic.runtime import cluster
+from byzer_magic.runtime.config import ParallelConfig, parse_ds_config, resolve_ds_config
+from byzer_magic.runtime.home import default_jobs_dir
+from byzer_magic.runtime.jobfiles import JobFiles
+from byzer_magic.runtime.jobs import METADATA_KEY, JobHandle
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def default_name() -> str:
+    return f"sfft-{getpass.getuser()}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def job_dir_for(name: str, prefix: str | None) -> Path:
+    """``<prefix>/<name>``, refusing names that would escape the prefix or reach a shell."""
+    if not _NAME.match(name) or ".." in name:
+        raise ByzerError(f"invalid job name {name!r}: use letters, digits, '.', '_' and '-' "
+                         f"(starting with a letter or digit)")
+    root = Path(prefix).expanduser() if prefix else default_jobs_dir()
+    if not root.is_absolute():
+        root = Path.cwd() / root
+    root = root.resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise ByzerError(f"job name {name!r} would escape localPathPrefix {root}")
+    return path
+
+
+@dataclass
+class TrainResult:
+    name: str
+    status: str
+    model_dir: str
+    checkpoint_dir: str
+    tensorboard_dir: str
+    steps: int
+    final_loss: float | None
+    metrics: object = None  # pandas DataFrame of the logged steps
+
+
+class DeepSpeedTrain:
+    """Pretraining on Ray Train + DeepSpeed. ``train()`` blocks; ``submit()`` returns a JobHandle."""
+
+    def __init__(self, config: ParallelConfig, *, ray_address: str | None = None):
+        self.config = config
+        self.ray_address = ray_address
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _check_resources(self, use_gpu: bool | None) -> bool:
+        import ray  # noqa: PLC0415
+
+        total = ray.cluster_resources()
+        gpus, cpus, n = total.get("GPU", 0), total.get("CPU", 0), self.config.num_workers
+        use_gpu = gpus > 0 if use_gpu is None else use_gpu
+        if use_gpu and n > gpus:
+            raise ByzerError(f"num_gpus={n} but the cluster has {int(gpus)} GPU(s): lower num_gpus or add nodes")
+        need = n * self.config.cpus_per_worker
+        if not use_gpu and need > cpus:
+            raise ByzerError(f"{n} CPU worker(s) need {need:g} CPU slots but the cluster has {cpus:g}: "
+                             f"lower num_gpus (the worker count)")
+        return use_gpu
+
+    def _tokenizer_path(self) -> str:
+        args = self.config.train_args
+        path = args.tokenizer_path or args.model_path
+        if not path:
+            raise ByzerError("a model trained from scratch needs a tokenizer: set sfft.str.tokenizer_path "
+                             "(a SentencePiece tokenizer.model or a Hugging Face tokenizer folder)")
+        from byzer_magic.runtime.tokenizer import load_tokenizer  # noqa: PLC0415
+
+        load_tokenizer(path)  # fails now, with the path, if it is not a tokenizer
+        return str(Path(path).expanduser().resolve())
+
+    def _check_model(self) -> None:
+        from byzer_magic.runtime.models import registry  # noqa: PLC0415
+
+        cfg, args = self.config, self.config.train_args
+        if args.model_path:
+            path = Path(args.model_path).expanduser()
+            if not (path / "config.json").exists():
+                raise ByzerError(f"localModelDir {path} is not a model folder (no config.json there)")
+        elif cfg.get_model is None:
+            valid = registry.model_config_keys(cfg.model_type)  # an unknown type fails here
+            for key in cfg.model_config or {}:
+                if key not in valid:
+                    raise ByzerError(f"modelConfig: unknown key {key!r}{did_you_mean(key, valid)}; "
+                                     f"valid: {', '.join(sorted(valid))}")
+
+    # -- the job --------------------------------------------------------------------------------
+    def submit(self) -> JobHandle:
+        """Check the run, snapshot its input into the job folder, and submit it as a Ray Job."""
+        cfg, args = self.config, self.config.train_args
+        info = cluster.connect(self.ray_address)
+        name = cfg.name or default_name()
+        job_dir = job_dir_for(name, cfg.local_path_prefix)
+        files = JobFiles(job_dir)
+        if (job_dir / "job.json").exists():
+            raise ByzerError(f"a job named {name!r} already exists ({job_dir}); choose another name, or resume it")
+        use_gpu = self._check_resources(cfg.use_gpu)
+        _, notes = resolve_ds_config(cfg.ds_config, on_gpu=use_gpu)  # invalid configs stop here
+        tokenizer_path = self._tokenizer_path()
+        self._check_model()
+        if cfg.input_table is None and not args.data_dir:
+            raise ByzerError("no training data: set inputTable (a table with a `text` column) or localDataDir")
+        if cfg.input_table is not None:
+            columns = cfg.input_table.schema().names
+            if args.text_column not in columns:
+                raise ByzerError(f"inputTable {cfg.input_table_name or ''} has no `{args.text_column}` column "
+                                 f"(columns: {', '.join(columns)}); select ... as text first")
+        elif not any(Path().glob(args.data_dir)) and not Path(args.data_dir).expanduser().exists():
+            raise ByzerError(f"localDataDir {args.data_dir} does not exist")
+
+        job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            if cfg.input_table is not None:
+                _snapshot_input(cfg.input_table, files.input_dir, args.text_column, cfg.keep_partition_num)
+            get_model_file = None
+            if cfg.get_model is not None:
+                import cloudpickle  # noqa: PLC0415
+
+                get_model_file = str(job_dir / "get_model.pkl")
+                with open(get_model_file, "wb") as f:
+                    cloudpickle.dump(cfg.get_model, f)
+            spec = {
+                "name": name, "submission_id": name, "job_dir": str(job_dir),
+                "submitted_at": time.strftime("%Y-%m-%d %H:%M:%S"), "model_type": cfg.model_type,
+                "model_path": str(Path(args.model_path).expanduser().resolve()) if args.model_path else None,
+                "model_config": cfg.model_config, "get_model_file": get_model_file,
+                "tokenizer_path": tokenizer_path, "data_dir": args.data_dir,
+                "input_table": cfg.input_table_name, "output_table": cfg.output_table,
+                "num_workers": cfg.num_workers, "use_gpu": use_gpu, "cpus_per_worker": cfg.cpus_per_worker,
+                "keep_partition_num": cfg.keep_partition_num,
+                "setup_nccl_socket_ifname_by_ip": cfg.setup_nccl_socket_ifname_by_ip,
+                "ds_config": parse_ds_config(cfg.ds_config), "train_args": asdict(args), "notes": notes,
+                "cluster": info.address,
+            }
+            files.write_json("job.json", spec)
+            _submit_ray_job(spec, info)
+        except BaseException:
+            if not (job_dir / "job.json").exists():
+                import shutil  # noqa: PLC0415
+
+                shutil.rmtree(job_dir, ignore_errors=True)  # nothing was started: leave no half job
+            raise
+        return JobHandle(name, job_dir)
+
+    def train(self, progress: Callable[[JobHandle], None] | None = None) -> TrainResult:
+        """Submit and wait; an interrupt (Ctrl-C, the notebook's stop button) stops the job."""
+        handle = self.submit()
+        try:
+            status = handle.wait(progress=progress)
+        except KeyboardInterrupt:
+            handle.stop()
+            raise
+        row = handle.result()
+        if status != "SUCCEEDED":
+            error = (handle.files.read_json("result.json") or {}).get("error") or handle.logs(tail=5)
+            raise ByzerError(f"job {handle.name} {status.lower()}: {error}")
+        return TrainResult(**row, metrics=handle.metrics())
+
+
+def _submit_ray_job(spec: dict, info: cluster.ClusterInfo) -> None:
+    from ray.job_submission import JobSubmissionClient  # noqa: PLC0415
+
+    python = sys.executable if info.embedded else "python"
+    env = {k: v for k, v in os.environ.items() if k.startswith(("TORCH_EXTENSIONS_DIR", "NCCL_", "HF_"))}
+    env.setdefault("NCCL_NVLS_ENABLE", "0")
+    client = JobSubmissionClient(info.dashboard_url)
+    client.submit_job(
+        entrypoint=f"{shlex.quote(python)} -m byzer_magic.runtime.job_entry {shlex.quote(spec['job_dir'])}",
+        submission_id=spec["submission_id"],
+        metadata={METADATA_KEY: "1", "name": spec["name"], "job_dir": spec["job_dir"]},
+        runtime_env={"env_vars": env} if env else None)
+
+
+def _snapshot_input(ds, out_dir: Path, text_column: str, keep_partitions: bool) -> None:
+    """Write the input table into the job folder (by Ray tasks: the rows never pass through here), so
+    the job outlives the notebook that built the table and a resumed job reads the same data.
+    ``keep_partitions``: one file per partition, with its index in a ``part`` column."""
+    import ray  # noqa: PLC0415
+
+    ds = ds.select_columns([text_column])
+    if not keep_partitions:
+        ds.write_parquet(str(out_dir))
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pending, index = [], 0
+    for bundle in ds.iter_internal_ref_bundles():
+        for block_ref, _ in bundle.blocks:
+            pending.append(_write_partition.remote(block_ref, str(out_dir / f"part-{index:05d}.parquet"), index))
+            index += 1
+    ray.get(pending)
+
+
+def _remote(fn):
+    import ray  # noqa: PLC0415
+
+    return ray.remote(num_cpus=0.25)(fn)
+
+
+@_remote
+def _write_partition(block, path: str, index: int) -> None:
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+    pq.write_table(table.append_column("part", pa.array([index] * table.num_rows, pa.int32())), path)

@@ -1,0 +1,71 @@
+"""Training metrics: one JSON line per logged step (what the notebook reads while the job runs) and
+TensorBoard scalars (DeepSpeed 0.19's monitor writes the lr but not the loss, so we write both)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s")
+
+
+class MetricsWriter:
+    """Rank 0's writer. Appends and flushes each record, so a reader never waits for a buffer and a
+    resumed run continues the same file and the same TensorBoard run (``purge_step`` drops the
+    steps after the checkpoint that a failed attempt had already logged)."""
+
+    def __init__(self, job_dir: str | os.PathLike, *, resume_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+
+        self.path = Path(job_dir) / METRICS_FILE
+        if resume_step and self.path.exists():
+            _truncate_after(self.path, resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = SummaryWriter(str(Path(job_dir) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def log(self, step: int, **values: float) -> None:
+        record = {"step": step, "time": time.time(), **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for key in SCALARS:
+            if values.get(key) is not None:
+                self._tb.add_scalar(f"train/{key}", values[key], step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    kept = [line for line in path.read_text().splitlines() if line.strip() and _step(line) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError):
+        return 1 << 62
+
+
+def read_metrics(job_dir: str | os.PathLike):
+    """The metrics logged so far as a pandas DataFrame (columns: step, loss, lr, ...); empty if none.
+    A line being written while we read is skipped, not an error."""
+    import pandas as pd  # noqa: PLC0415
+
+    path = Path(job_dir) / METRICS_FILE
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    frame = pd.DataFrame(rows, columns=None if rows else ["step", "time", "loss", "lr", "grad_norm",
+                                                          "tokens_per_s", "tokens", "epoch"])
+    return frame.drop_duplicates("step", keep="last").reset_index(drop=True) if rows else frame

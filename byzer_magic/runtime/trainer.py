@@ -1,0 +1,164 @@
+"""The training loop each Ray Train worker runs: get batch, forward, backward, step, log, checkpoint.
+
+``train_loop(config)`` is given to Ray Train's TorchTrainer by ``job_entry``; ``config`` is the job's
+plan (see ``job_entry.plan_job``). Ray Train has set up the process group; DeepSpeed reuses it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from byzer_magic.runtime import checkpoint, data
+from byzer_magic.runtime.network import set_nccl_socket_ifname
+
+
+def _title(rank: int, name: str) -> None:
+    """Name the worker ``W-<rank>-<name>`` (as Byzer named its actors) in ps/top and in log lines."""
+    try:
+        import ray._raylet  # noqa: PLC0415
+
+        ray._raylet.setproctitle(f"W-{rank}-{name}")
+    except Exception:  # a title is a convenience, never a reason to fail
+        pass
+
+
+def _build_model(plan: dict):
+    from byzer_magic.runtime.models import registry  # noqa: PLC0415
+
+    if plan.get("get_model_file"):
+        import cloudpickle  # noqa: PLC0415
+
+        with open(plan["get_model_file"], "rb") as f:
+            return cloudpickle.load(f)()
+    if plan.get("model_path"):
+        return registry.load_model(plan["model_type"], plan["model_path"])
+    return registry.build_model(plan["model_type"], plan.get("model_config"))
+
+
+def _shard(plan: dict, rank: int, world: int):
+    """This worker's token stream: Ray Train's shard, or partition ``rank`` (keepPartitionNum)."""
+    import ray.data  # noqa: PLC0415
+    import ray.train  # noqa: PLC0415
+
+    if not plan["keep_partition_num"]:
+        return ray.train.get_dataset_shard("train")
+    parts = sorted(Path(plan["tokens_dir"]).glob("part=*"), key=lambda p: int(p.name.split("=")[1]))
+    mine = [str(p) for i, p in enumerate(parts) if i % world == rank]
+    return ray.data.read_parquet(mine, columns=["ids"]) if mine else None
+
+
+class _Batches:
+    """Micro-batches for one epoch, skipping those a restored checkpoint already trained on."""
+
+    def __init__(self, shard, plan: dict, skip: int):
+        self.it = iter(()) if shard is None else data.micro_batches(
+            data.pack_sequences(data.shard_id_batches(shard), plan["train_args"]["max_length"]),
+            plan["micro_batch"])
+        for _ in range(skip):
+            next(self.it, None)
+
+    def take(self, n: int) -> list[np.ndarray] | None:
+        out = [b for b in (next(self.it, None) for _ in range(n)) if b is not None]
+        return out if len(out) == n else None
+
+
+def train_loop(plan: dict) -> None:
+    import deepspeed  # noqa: PLC0415
+    import ray.train  # noqa: PLC0415
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    args = plan["train_args"]
+    _title(rank, plan["name"])
+    if plan["setup_nccl_socket_ifname_by_ip"]:
+        set_nccl_socket_ifname()
+    torch.manual_seed(args["seed"])
+    model = _build_model(plan)
+    if plan.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable()
+    if not plan["use_gpu"]:
+        # Skip DeepSpeed's shared-memory all-reduce op on the CPU: its JIT build costs ~60 s and 5 GB
+        # per fresh machine; gloo (Ray Train's group) does the same work.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                           config=plan["ds_config"])
+    device = engine.device
+    # Flags ("do I still have data?") travel on a CPU group so that a GPU run never syncs for them.
+    flag_group = dist.new_group(backend="gloo") if plan["use_gpu"] else None
+
+    ckpt_dir = Path(plan["checkpoint_dir"])
+    state = checkpoint.load_latest(engine, ckpt_dir) or {}
+    step, epoch, consumed = state.get("step", 0), state.get("epoch", 0), state.get("consumed", 0)
+    writer = None
+    if rank == 0:
+        from byzer_magic.runtime.metrics import MetricsWriter  # noqa: PLC0415
+
+        writer = MetricsWriter(plan["job_dir"], resume_step=step)
+        if step:
+            print(f"[W-0-{plan['name']}] resumed from {ckpt_dir / checkpoint.latest_tag(ckpt_dir)} at step {step}",
+                  flush=True)
+    shard = _shard(plan, rank, world)
+    gas, total = plan["ds_config"]["gradient_accumulation_steps"], plan["total_steps"]
+    tokens_per_step = world * gas * plan["micro_batch"] * args["max_length"]
+    last_save, loss_sum, t0, last_loss = step, torch.zeros((), device=device), time.time(), None
+    done = step >= total
+
+    while epoch < args["epoches"] and not done:
+        batches, epoch_steps = _Batches(shard, plan, consumed * gas), consumed
+        while not (args["steps_per_epoch"] and epoch_steps >= args["steps_per_epoch"]):
+            window = batches.take(gas)
+            have = torch.tensor([1 if window else 0], dtype=torch.int32)
+            dist.all_reduce(have, op=dist.ReduceOp.MIN, group=flag_group)
+            if not have.item():
+                break  # some worker ran out of data: the epoch ends for all
+            for micro in window:
+                ids = torch.from_numpy(micro).to(device)
+                loss = engine(input_ids=ids, labels=ids).loss
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.detach() / gas
+            step, epoch_steps = step + 1, epoch_steps + 1
+            if step % args["log_every"] == 0 or step == total:
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
+                last_loss = loss_sum.item() / (world * args["log_every"] if step % args["log_every"] == 0 else world)
+                elapsed, t0 = time.time() - t0, time.time()
+                if writer:
+                    writer.log(step, epoch=epoch, loss=last_loss, lr=float(engine.get_lr()[0]),
+                               grad_norm=_float(engine.get_global_grad_norm()),
+                               tokens_per_s=tokens_per_step * args["log_every"] / max(elapsed, 1e-9),
+                               tokens=step * tokens_per_step, total_steps=total)
+                    print(f"[W-0-{plan['name']}] step {step}/{total} epoch {epoch} loss {last_loss:.4f}", flush=True)
+                loss_sum.zero_()
+            if step - last_save >= args["checkpoint_every"]:
+                checkpoint.save(engine, ckpt_dir, step, {"step": step, "epoch": epoch, "consumed": epoch_steps},
+                                keep=args["keep_checkpoints"])
+                last_save = step
+            if step >= total:
+                done = True
+                break
+        epoch, consumed = epoch + 1, 0
+
+    if step != last_save or not checkpoint.latest_tag(ckpt_dir):
+        checkpoint.save(engine, ckpt_dir, step, {"step": step, "epoch": epoch, "consumed": 0},
+                        keep=args["keep_checkpoints"])
+    from byzer_magic.runtime.data import _tokenizer  # noqa: PLC0415
+
+    out = checkpoint.export_hf(engine, engine.module, Path(plan["model_dir"]), _tokenizer(plan["tokenizer_path"]))
+    if writer:
+        writer.close()
+        print(f"[W-0-{plan['name']}] finished at step {step}: checkpoints in {ckpt_dir}, model in {out}", flush=True)
+    ray.train.report({"step": step, "loss": last_loss if last_loss is not None else float("nan")})
+
+
+def _float(value) -> float | None:
+    if value is None:
+        return None
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
