@@ -34,7 +34,7 @@ from byzer_magic.language.statements import (LoadStatement, Option, RunStatement
 STATEMENTS = ("load", "select", "run", "set", "!byzerllm setup")
 _KEYWORD_STATEMENT = {"LOAD": "load", "SELECT": "select", "RUN": "run", "SET": "set",
                       "BYZERLLM": "!byzerllm setup"}
-_STRING_TERMINALS = {"DQ_STRING", "SQ_STRING", "TRIPLE_STRING", "SQL_STRING", "SQL_QUOTED_NAME"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # all but tab, newline, CR
 
 
 @functools.cache
@@ -59,7 +59,8 @@ class _Cell:
         self.lines = text.split("\n")
 
     def line_text(self, line: int) -> str:
-        return self.lines[line - 1].rstrip("\r") if 0 < line <= len(self.lines) else ""
+        text = self.lines[line - 1].rstrip("\r") if 0 < line <= len(self.lines) else ""
+        return _CONTROL.sub(lambda m: chr(0x2400 + ord(m.group())) if m.group() < " " else "\ufffd", text)
 
     def span(self, line: int, column: int) -> Span:
         return Span(line, column, self.line_text(line))
@@ -78,7 +79,7 @@ class _Cell:
         return token.end_line, token.end_column
 
     def check_characters(self) -> None:
-        for match in re.finditer(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", self.text):
+        for match in _CONTROL.finditer(self.text):
             line, column = self.position(match.start())
             raise self.error(f"control character U+{ord(match.group()):04X} is not allowed", None, line, column)
 
@@ -148,7 +149,7 @@ def _syntax_error(cell: _Cell, context: _Context, parser, exc: UnexpectedInput) 
                           word, line, column)
 
     if not at_end and rest[:1] in "'\"`" and _opens_string(rest[:1], expected):
-        return _unterminated(cell, rest, offset, name, line, column)
+        return _unterminated(cell, rest, name, line, column)
 
     if context.open_parens and (at_end or rest[:1] == ";"):
         paren = context.open_parens[-1]
@@ -162,14 +163,20 @@ def _syntax_error(cell: _Cell, context: _Context, parser, exc: UnexpectedInput) 
     if "SEMI" in expected:
         if "AND" in expected and re.match(r"(`[^`\n]*`|\w+(\.\w+)*)\s*=", rest):
             return cell.error(f'expected "and" between options, found {found}', name, line, column)
-        line, column = cell.after(context.previous)
-        extra = "" if at_end else f" (found {found}" + (f" on line {cell.position(offset)[0]})"
-                                                        if cell.position(offset)[0] != line else ")")
-        return cell.error(f"expected ';' to end the statement{extra}", name, line, column)
+        end_line, end_column = cell.after(context.previous)
+        if not at_end:
+            found += f" on line {line}" if line != end_line else ""
+        return cell.error("expected ';' to end the statement" + ("" if at_end else f" (found {found})"),
+                          name, end_line, end_column)
+    if context.previous is not None and context.previous.type == "OPTION_KEY" and \
+            context.previous.lower() in ("as", "and", "where", "options"):
+        # `where as t` / `and and`: the keyword was taken for an option's key.
+        keyword = context.previous
+        return cell.error(f'expected an option such as key="value", found "{keyword}"', name,
+                          keyword.line, keyword.column)
     if at_end:
         line, column = cell.after(context.previous)
-    what = _describe_expected(expected, context)
-    return cell.error(f"expected {what}, found {found}", name, line, column)
+    return cell.error(f"expected {_describe_expected(expected, context)}, found {found}", name, line, column)
 
 
 def _opens_string(quote: str, expected: set[str]) -> bool:
@@ -178,54 +185,47 @@ def _opens_string(quote: str, expected: set[str]) -> bool:
     return bool(kinds & expected)
 
 
-def _unterminated(cell: _Cell, rest: str, offset: int, name: str | None, line: int, column: int):
+def _unterminated(cell: _Cell, rest: str, name: str | None, line: int, column: int) -> ByzerError:
     opened = f"opened at line {line}, column {column}"
-    if rest.startswith("'''"):
-        what, (end_line, end_column) = "'''...''' string", cell.position(len(cell.text))
-    elif rest[0] == "`":
-        what, end_line, end_column = "back-quoted name", line, len(cell.line_text(line)) + 1
+    what = "'''...''' string" if rest.startswith("'''") else "back-quoted name" if rest[0] == "`" else "string"
+    if name == "select" or rest.startswith("'''"):  # these may span lines: they run to the cell's end
+        end_line, end_column = cell.position(len(cell.text))
     else:
-        what, end_line, end_column = "string", line, len(cell.line_text(line)) + 1
-        if name == "select":
-            end_line, end_column = cell.position(len(cell.text))
-        elif rest[0] in rest[1:]:
-            opened += f"; only '''...''' strings may span lines"
+        end_line, end_column = line, len(cell.lines[line - 1].rstrip("\r")) + 1
+        if what == "string" and rest[0] in rest[1:]:
+            opened += "; only '''...''' strings may span lines"
     return cell.error(f"unterminated {what} ({opened})", name, end_line, end_column)
 
 
 def _describe_found(rest: str, at_end: bool) -> str:
     if at_end:
         return "the end of the cell"
-    if rest[0] == ";":
-        return "';'"
     if rest[0] == "；":
-        return "a full-width '；' (write ';')"
+        return "a full-width '；'"
     if rest[0] in "'\"":
         return "a string"
     word = re.match(r"`[^`\n]*`|[!\w]+|\S", rest).group()
-    return f'"{word[:30]}"'
-
-
-_WORDS = {
-    "AS": '"as"', "WHERE": '"where"', "AND": '"and"', "SETUP": '"setup"', "EQ": "'='", "DOT": "'.'",
-    "BQ": "a back-quoted path such as `/data/*.txt` (`` for none)",
-    "OPTION_KEY": 'an option such as key="value"',
-    "DQ_STRING": "a value (\"...\", '...', '''...''' or a bare word)",
-    "SETUP_WORD": 'a setting such as sfft or "num_gpus=24"',
-    "RPAR": "')'",
-}
+    return f"'{word}'" if len(word) == 1 else f'"{word[:30]}"'
 
 
 def _describe_expected(expected: set[str], context: _Context) -> str:
-    words = []
-    for terminal in sorted(expected - {"$END", "SEMI"}):
-        if terminal == "NAME":
-            words.append(_name_word(context))
-        elif terminal in ("SQ_STRING", "TRIPLE_STRING", "BARE_VALUE") or terminal.startswith("SQL"):
-            words.append(_WORDS["DQ_STRING"] if terminal != "BARE_VALUE" or "DQ_STRING" not in expected else "")
-        else:
-            words.append(_WORDS.get(terminal, terminal.lower()))
-    words = list(dict.fromkeys(w for w in words if w))
+    """The terminals the parser could take, in words, in the order they are written."""
+    if "SETUP_WORD" in expected:
+        return 'a setting such as sfft or "num_gpus=24"'
+    in_run = context.name == "run"
+    phrases = {
+        "SETUP": '"setup"', "EQ": "'='", "RPAR": "')'",
+        "DOT": "'.' and a back-quoted path, as in text.`/data/*.txt`",
+        "BQ": "a back-quoted path such as `/data/*.txt`" + (" (`` for none)" if in_run else ""),
+        "OPTION_KEY": 'an option such as key="value"',
+        "DQ_STRING": """a value ("...", '...', '''...''' or a bare word)""",
+        "NAME": _name_word(context),
+        "AND": '"and key=value"',
+        "WHERE": '"where key=value"',
+        "AS": '"as" and a transform such as LLM.``' if in_run and not context.as_count
+              else '"as NAME" to name the table',
+    }
+    words = [phrase for terminal, phrase in phrases.items() if terminal in expected]
     return " or ".join(words) if words else "';'"
 
 
@@ -235,6 +235,8 @@ def _name_word(context: _Context) -> str:
         return "a format such as text.`/path`"
     if previous == "SET":
         return "a variable name"
+    if previous == "RUN":
+        return "a table name (or command)"
     if previous == "AS" and context.name == "run" and context.as_count == 1:
         return "a transform such as TableRepartition.`` or LLM.``"
     return "a table name"
@@ -285,6 +287,9 @@ def _build_setup(cell, tree, span, text):
 def _build_select(cell, tree, span, text):
     items = tree.children[1:]
     _check_select_continues(cell, items)
+    if items and str(items[-1]) == "；":
+        raise cell.error("found a full-width '；': write ';' to end the statement", "select",
+                         items[-1].line, items[-1].column)
     if len(items) < 3 or not _is_word(items[-2], "as") or not _is_token(items[-1], "SQL_WORD"):
         end = items[-1] if items else tree.children[0]
         line, column = (end.end_line, end.end_column) if isinstance(end, Token) else (
@@ -302,18 +307,18 @@ _SET_OPERATORS = {"union", "all", "distinct", "intersect", "except", "by", "as"}
 
 def _check_select_continues(cell: _Cell, items) -> None:
     """A statement keyword that starts a line inside a select most likely follows a forgotten ';'."""
-    previous = None
-    for item in items:
-        if isinstance(item, Token) and previous is not None and item.line > _end_line(previous):
-            word = str(item).lower()
-            starts = word in ("load", "run", "set") or (word == "!" and False)
-            if word == "select" and not (isinstance(previous, Token) and str(previous).lower() in _SET_OPERATORS):
-                starts = isinstance(previous, Token) and previous.type == "SQL_WORD"
-            if starts or (item.type == "SQL_PUNCT" and cell.text.startswith("!byzerllm", item.start_pos)):
-                line, column = _end_line(previous), _end_column(previous)
-                raise cell.error(f"expected ';' to end the statement (found \"{item}\" on line {item.line})",
-                                 "select", line, column)
-        previous = item
+    for previous, item in zip(items, items[1:]):
+        if not isinstance(item, Token) or item.line == _end_line(previous):
+            continue
+        word = str(item).lower()
+        if word == "select":  # a new statement, unless the query goes on (union ... select)
+            starts = _is_token(previous, "SQL_WORD") and str(previous).lower() not in _SET_OPERATORS
+        else:
+            starts = word in ("load", "run", "set") or cell.text[item.start_pos:].lower().startswith("!byzerllm")
+        if starts:
+            found = "!byzerllm" if word == "!" else str(item)
+            raise cell.error(f'expected \';\' to end the statement (found "{found}" on line {item.line})',
+                             "select", _end_line(previous), _end_column(previous))
 
 
 def _end_line(item) -> int:
