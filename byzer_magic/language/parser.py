@@ -90,13 +90,17 @@ class _Cell:
 def _parse_tree(cell: _Cell) -> Tree:
     parser = _lark().parse_interactive(cell.text)
     context = _Context()
+    # The state before the next token, kept because LALR reduces on merged look-aheads: a token that
+    # fails can leave the parser with fewer choices than the user really had at that point.
+    before = parser.parser_state.copy(deepcopy_values=False)
     try:
-        # InteractiveParser.iter_parse, with the token recorded only once the parser took it.
-        for token in parser.lexer_thread.lex(parser.parser_state):
+        for token in parser.lexer_thread.lex(parser.parser_state):  # InteractiveParser.iter_parse
             parser.feed_token(token)
             context.saw(token)
+            before = parser.parser_state.copy(deepcopy_values=False)
         return parser.feed_eof(context.previous)
     except UnexpectedInput as exc:
+        parser.parser_state = before
         raise _syntax_error(cell, context, parser, exc) from None
 
 
@@ -126,13 +130,8 @@ class _Context:
         return _KEYWORD_STATEMENT.get(self.statement.type) if self.statement else None
 
 
-def _expected(parser) -> set[str]:
-    state = parser.parser_state
-    return {t for t in state.parse_conf.parse_table.states[state.position] if t.isupper()}
-
-
 def _syntax_error(cell: _Cell, context: _Context, parser, exc: UnexpectedInput) -> ByzerError:
-    expected = _expected(parser)
+    expected = parser.accepts()
     token = getattr(exc, "token", None)
     at_end = token is not None and token.type == "$END"
     offset = len(cell.text) if at_end else (token.start_pos if token is not None else exc.pos_in_stream)
@@ -160,9 +159,9 @@ def _syntax_error(cell: _Cell, context: _Context, parser, exc: UnexpectedInput) 
         return cell.error("')' without a matching '('", name, line, column)
 
     found = _describe_found(rest, at_end)
+    if "AND" in expected and re.match(r",|(`[^`\n]*`|\w+(\.\w+)*)\s*=", rest):
+        return cell.error(f'expected "and" between options, found {found}', name, line, column)
     if "SEMI" in expected:
-        if "AND" in expected and re.match(r"(`[^`\n]*`|\w+(\.\w+)*)\s*=", rest):
-            return cell.error(f'expected "and" between options, found {found}', name, line, column)
         end_line, end_column = cell.after(context.previous)
         if not at_end:
             found += f" on line {line}" if line != end_line else ""
@@ -213,6 +212,8 @@ def _describe_expected(expected: set[str], context: _Context) -> str:
     if "SETUP_WORD" in expected:
         return 'a setting such as sfft or "num_gpus=24"'
     in_run = context.name == "run"
+    if "OPTION_KEY" in expected:
+        expected = expected - {"BQ"}  # here a back-quote starts a key such as `sfft.int.max_length`
     phrases = {
         "SETUP": '"setup"', "EQ": "'='", "RPAR": "')'",
         "DOT": "'.' and a back-quoted path, as in text.`/data/*.txt`",
