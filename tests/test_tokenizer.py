@@ -1,0 +1,115 @@
+"""load_tokenizer on the three shapes users bring (a .model file, a folder with one, a Hugging Face folder),
+checked against SentencePiece itself and against AutoTokenizer on the folder that save() writes."""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+import sentencepiece as spm
+
+from byzer_magic.errors import ByzerError
+from byzer_magic.runtime.tokenizer import load_tokenizer
+from tests.support.tiny import stdlib_text_files, train_sentencepiece
+
+# Files the tokenizer was not trained on, plus the cases where HF ports of SentencePiece usually drift:
+# leading spaces (the dummy prefix), runs of whitespace, characters only byte fallback can spell.
+TEXTS = [p.read_text() for p in stdlib_text_files(45)[40:]] + [
+    "  two leading spaces", " x", "", "tabs\tand\n\nnewlines  ", "héllo wörld 日本語 😀", "12345 67"]
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+    return train_sentencepiece(tmp_path_factory.mktemp("sp"))
+
+
+@pytest.fixture(scope="module")
+def expected(sp_model):
+    return spm.SentencePieceProcessor(model_file=str(sp_model)).encode(TEXTS, out_type=int)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(sp_model, tmp_path_factory):
+    return load_tokenizer(sp_model).save(tmp_path_factory.mktemp("hf"))
+
+
+def test_model_file(sp_model, expected):
+    tok = load_tokenizer(str(sp_model))
+    assert tok.kind == "sentencepiece"
+    assert tok.encode_batch(TEXTS) == expected
+    assert (tok.eos_id, tok.bos_id, tok.vocab_size) == (2, 1, 512)
+    assert tok.encode_batch([]) == []
+
+
+def test_folder_holding_tokenizer_model(sp_model, expected, tmp_path):
+    shutil.copy(sp_model, tmp_path / "tokenizer.model")
+    tok = load_tokenizer(tmp_path)
+    assert tok.kind == "sentencepiece"
+    assert tok.encode_batch(TEXTS) == expected
+
+
+def test_hf_folder_without_sentencepiece(hf_dir, expected, tmp_path):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(hf_dir / name, tmp_path / name)
+    tok = load_tokenizer(tmp_path)
+    assert tok.kind == "tokenizers"
+    assert tok.encode_batch(TEXTS) == expected
+    assert (tok.eos_id, tok.bos_id, tok.vocab_size) == (2, 1, 512)
+
+
+def test_autotokenizer_opens_saved_folder(hf_dir, expected):
+    from transformers import AutoTokenizer
+
+    assert sorted(p.name for p in hf_dir.iterdir()) == ["tokenizer.json", "tokenizer.model",
+                                                        "tokenizer_config.json"]
+    auto = AutoTokenizer.from_pretrained(hf_dir)
+    assert [auto.encode(t, add_special_tokens=False) for t in TEXTS] == expected
+    assert (auto.eos_token_id, auto.bos_token_id, auto.unk_token_id) == (2, 1, 0)
+    # LLaMA's convention for inference: BOS first, no EOS.
+    assert auto("def f(): pass")["input_ids"] == [1] + auto.encode("def f(): pass", add_special_tokens=False)
+    assert [auto.decode(ids) for ids in expected] == TEXTS
+
+
+def test_save_of_hf_folder_copies_it(hf_dir, tmp_path):
+    out = load_tokenizer(hf_dir).save(tmp_path / "again")
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        assert (out / name).read_bytes() == (hf_dir / name).read_bytes()
+
+
+def test_autotokenizer_folder(tmp_path):
+    """A folder with neither tokenizer.model nor tokenizer.json (GPT-2 style vocab.json + merges.txt)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train([str(p) for p in stdlib_text_files(5)], vocab_size=400, special_tokens=["<|endoftext|>"],
+              show_progress=False)
+    bpe.save_model(str(tmp_path))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}))
+    tok = load_tokenizer(tmp_path)
+    assert tok.kind == "auto"
+    assert tok.eos_id == 0
+    ids = tok.encode_batch(["def f(x):\n    return x", "import os"])
+    assert ids == [bpe.encode(t).ids for t in ["def f(x):\n    return x", "import os"]]
+    out = tok.save(tmp_path / "out")
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_pickles_as_its_path(sp_model, hf_dir, expected):
+    for path in (sp_model, hf_dir / "tokenizer.json"):
+        tok = load_tokenizer(path)
+        tok.encode_batch(["warm the backend"])
+        data = pickle.dumps(tok)
+        assert len(data) < 1000  # the path, not the model
+        assert pickle.loads(data).encode_batch(TEXTS) == expected
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ByzerError, match="tokenizer not found"):
+        load_tokenizer(tmp_path / "missing" / "tokenizer.model")
+    with pytest.raises(ByzerError, match="no tokenizer in"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(ByzerError, match="cannot read the tokenizer"):
+        load_tokenizer(tmp_path / "tokenizer.model")
