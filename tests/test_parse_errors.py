@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from byzer_magic.errors import ByzerError
 from byzer_magic.language.interpolation import interpolate
@@ -97,6 +99,7 @@ CASES = {
     "load without path": ("load text /x as t;", "load", 1, 11,
                           "expected '.' and a back-quoted path, as in text.`/data/*.txt`, found '/'"),
     "load without format": ("load `/x` as t;", "load", 1, 6, 'expected a format such as text.`/path`, found "`/x`"'),
+    "run without input": ("run as LLM.``;", "run", 1, 5, 'expected a table name (or command), found "as"'),
     "set without name": ('set ="1";', "set", 1, 5, "expected a variable name, found '='"),
     "setup without value": ("!byzerllm setup;", "!byzerllm setup", 1, 16,
                             'expected a setting such as sfft or "num_gpus=24", found \';\''),
@@ -151,3 +154,18 @@ def test_interpolation_error(text, variables, span, line, column, message):
     assert (error.message, error.line, error.column) == (message, line, column)
     rendered = str(error).splitlines()
     assert len(rendered) <= 3 and rendered[-1] == " " * (4 + column - 1) + "^"
+
+
+PIECES = ["load", "select", "run", "set", "!byzerllm", "setup", "as", "where", "and", "text", ".", "`", "``",
+          "`/x`", "'", '"', "'''", ";", "=", "(", ")", "--", "\n", " ", "t", "x=1", '"v"', "${a}", "；", "\\",
+          ",", "中", "\t"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=16))
+def test_any_text_parses_or_fails_with_a_located_message(pieces):
+    try:
+        parse_cell(" ".join(pieces))
+    except ByzerError as error:
+        assert error.line is not None and error.column is not None
+        assert len(str(error).splitlines()) <= 3 and "_" not in error.message.split(",")[0].replace("!byzerllm", "")

@@ -225,6 +225,7 @@ def test_run_forms():
 def test_option_keys_and_values():
     run = only("run command as LLM.`` where `sfft.int.max_length`=128 and sfft.float.lr=1e-5 "
                "and a=${x} and b='${y}' and c=\"-1\" and d=/data/x-y.txt -- comment\n and e=''''quoted' '''")
+    assert [o.key for o in run.options] == ["sfft.int.max_length", "sfft.float.lr", "a", "b", "c", "d", "e"]
     assert options(run) == {"sfft.int.max_length": "128", "sfft.float.lr": "1e-5", "a": "${x}", "b": "${y}",
                             "c": "-1", "d": "/data/x-y.txt", "e": "'quoted' "}
 
@@ -232,7 +233,7 @@ def test_option_keys_and_values():
 @pytest.mark.parametrize("written, value", [
     (r'"a\"b"', 'a"b'), (r"'a\'b'", "a'b"), (r'"tab\there\nnew"', "tab\there\nnew"),
     (r'"back\\slash"', "back\\slash"), (r'"\u4e2d"', "中"), (r'"C:\data\d+"', r"C:\data\d+"),
-    (r'"\${x}"', r"\${x}"), ("'''no \\n escapes\n\"here\"'''", 'no \\n escapes\n"here"'),
+    (r'"\${x}"', r"\${x}"), (r'"\b\0\x41"', r"\b\0\x41"), ("'''no \\n escapes\n\"here\"'''", 'no \\n escapes\n"here"'),
     ("\"it's\"", "it's"), ("'say \"hi\"'", 'say "hi"'), ('""', ""), ("''", ""), ("''''''", ""),
 ])
 def test_string_escapes(written, value):

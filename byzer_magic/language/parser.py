@@ -8,15 +8,21 @@ Choices:
 - ``;`` ends a statement. The last statement of a cell may leave it out (``select ... as t`` alone in a
   cell is a whole statement); anywhere else a missing ``;`` is the error "expected ';' to end the
   statement", with the caret where the ``;`` belongs. Empty statements (``;;``) are skipped.
-- Strings: ``"..."`` and ``'...'`` end on their own line and know the escapes ``\\n \\t \\r \\b \\f
-  \\0 \\\\ \\" \\' \\` \\uXXXX``; any other backslash is kept as written (``\\d``, ``C:\\data``, and
-  ``\\${`` for interpolation.py). ``'''...'''`` is verbatim and may span lines.
+- Strings: ``"..."`` and ``'...'`` end on their own line and know the escapes ``\\n \\t \\r \\\\ \\"
+  \\' \\` \\uXXXX``; any other backslash is kept as written (``\\d``, ``C:\\data``, and ``\\${``, which
+  interpolation.py reads as a literal ``${``). ``'''...'''`` is verbatim and may span lines.
 - ``${name}`` is not substituted here: values are kept raw, ``interpolation.interpolate`` runs when
   the statement does (so that a ``set`` earlier in the same cell is seen).
 - The SQL of a ``select`` is lexed the way DuckDB does (``'it''s'``, ``"quoted name"``, ``--`` and
   ``/* */`` comments, parentheses); its alias is the last top-level ``as NAME``.
+- A select's ``sql`` ends at its last token before the alias (a comment just before ``as NAME`` is
+  left out). Inside a select, a line that starts with ``load``, ``run``, ``set``, ``!byzerllm``, or
+  ``select`` not after ``union``/``intersect``/``except``, is taken for a forgotten ``;``.
+- Keywords are case-insensitive; elsewhere they are ordinary names (``where as="1"``, ``as loader``).
 - ``where`` may also be written ``options`` (as in Byzer); ``set x=... where type="..."`` is accepted
-  and the ``where`` ignored.
+  and the ``where`` ignored. An option given twice is an error.
+- Control characters other than tab, newline and carriage return are refused (a pasted NUL or escape
+  byte would otherwise end up in a path or a SQL string, unseen).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import re
 from pathlib import Path
 
 from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedInput
 
 from byzer_magic.errors import ByzerError, did_you_mean
 from byzer_magic.language.statements import (LoadStatement, Option, RunStatement, SelectStatement,
@@ -110,6 +116,7 @@ class _Context:
     def __init__(self):
         self.statement: Token | None = None
         self.previous: Token | None = None
+        self.before_previous: Token | None = None
         self.open_parens: list[Token] = []
         self.as_count = 0  # `as` seen in this statement: a run's first `as` names its transform
 
@@ -123,7 +130,7 @@ class _Context:
             self.open_parens.append(token)
         elif token.type == "RPAR" and self.open_parens:
             self.open_parens.pop()
-        self.previous = token
+        self.before_previous, self.previous = self.previous, token
 
     @property
     def name(self) -> str | None:
@@ -158,6 +165,14 @@ def _syntax_error(cell: _Cell, context: _Context, parser, exc: UnexpectedInput) 
     if rest[:1] == ")" and "SQL_WORD" in expected:
         return cell.error("')' without a matching '('", name, line, column)
 
+    keyword = context.previous
+    if keyword is not None and keyword.type in ("OPTION_KEY", "NAME") and "SEMI" not in expected and \
+            keyword.lower() in ("as", "and", "where", "options"):
+        # `where as t`, `run as LLM`: a keyword was taken for a name, which then did not fit.
+        what = 'an option such as key="value"' if keyword.type == "OPTION_KEY" else \
+            _name_word(context.name, context.before_previous, context.as_count)
+        return cell.error(f'expected {what}, found "{keyword}"', name, keyword.line, keyword.column)
+
     found = _describe_found(rest, at_end)
     if "AND" in expected and re.match(r",|(`[^`\n]*`|\w+(\.\w+)*)\s*=", rest):
         return cell.error(f'expected "and" between options, found {found}', name, line, column)
@@ -167,12 +182,6 @@ def _syntax_error(cell: _Cell, context: _Context, parser, exc: UnexpectedInput) 
             found += f" on line {line}" if line != end_line else ""
         return cell.error("expected ';' to end the statement" + ("" if at_end else f" (found {found})"),
                           name, end_line, end_column)
-    if context.previous is not None and context.previous.type == "OPTION_KEY" and \
-            context.previous.lower() in ("as", "and", "where", "options"):
-        # `where as t` / `and and`: the keyword was taken for an option's key.
-        keyword = context.previous
-        return cell.error(f'expected an option such as key="value", found "{keyword}"', name,
-                          keyword.line, keyword.column)
     if at_end:
         line, column = cell.after(context.previous)
     return cell.error(f"expected {_describe_expected(expected, context)}, found {found}", name, line, column)
@@ -211,6 +220,8 @@ def _describe_expected(expected: set[str], context: _Context) -> str:
     """The terminals the parser could take, in words, in the order they are written."""
     if "SETUP_WORD" in expected:
         return 'a setting such as sfft or "num_gpus=24"'
+    if context.previous is not None and context.previous.type == "RUN":
+        return "a table name (or command)"
     in_run = context.name == "run"
     if "OPTION_KEY" in expected:
         expected = expected - {"BQ"}  # here a back-quote starts a key such as `sfft.int.max_length`
@@ -220,7 +231,7 @@ def _describe_expected(expected: set[str], context: _Context) -> str:
         "BQ": "a back-quoted path such as `/data/*.txt`" + (" (`` for none)" if in_run else ""),
         "OPTION_KEY": 'an option such as key="value"',
         "DQ_STRING": """a value ("...", '...', '''...''' or a bare word)""",
-        "NAME": _name_word(context),
+        "NAME": _name_word(context.name, context.previous, context.as_count),
         "AND": '"and key=value"',
         "WHERE": '"where key=value"',
         "AS": '"as" and a transform such as LLM.``' if in_run and not context.as_count
@@ -230,15 +241,16 @@ def _describe_expected(expected: set[str], context: _Context) -> str:
     return " or ".join(words) if words else "';'"
 
 
-def _name_word(context: _Context) -> str:
-    previous = context.previous.type if context.previous else None
+def _name_word(statement: str | None, after: Token | None, as_count: int) -> str:
+    """What a name stands for, by the token before it."""
+    previous = after.type if after is not None else None
+    if previous == "RUN":
+        return "a table name (or command)"
     if previous == "LOAD":
         return "a format such as text.`/path`"
     if previous == "SET":
         return "a variable name"
-    if previous == "RUN":
-        return "a table name (or command)"
-    if previous == "AS" and context.name == "run" and context.as_count == 1:
+    if previous == "AS" and statement == "run" and as_count == 1:
         return "a transform such as TableRepartition.`` or LLM.``"
     return "a table name"
 
@@ -247,8 +259,7 @@ def _name_word(context: _Context) -> str:
 # Building statements from the tree.
 
 def _build(cell: _Cell, tree: Tree) -> Statement:
-    tokens = [c for c in tree.children if isinstance(c, Token)]
-    first = tokens[0]
+    first = tree.children[0]  # the statement's keyword
     span = cell.span(first.line, first.column)
     text = cell.text[tree.meta.start_pos:tree.meta.end_pos]
     builder = {"load": _build_load, "select": _build_select, "run": _build_run, "set": _build_set,
@@ -315,7 +326,8 @@ def _check_select_continues(cell: _Cell, items) -> None:
         if word == "select":  # a new statement, unless the query goes on (union ... select)
             starts = _is_token(previous, "SQL_WORD") and str(previous).lower() not in _SET_OPERATORS
         else:
-            starts = word in ("load", "run", "set") or cell.text[item.start_pos:].lower().startswith("!byzerllm")
+            bang = cell.text[item.start_pos:item.start_pos + len("!byzerllm")].lower() == "!byzerllm"
+            starts = word in ("load", "run", "set") or bang
         if starts:
             found = "!byzerllm" if word == "!" else str(item)
             raise cell.error(f'expected \';\' to end the statement (found "{found}" on line {item.line})',
@@ -344,7 +356,7 @@ def _options(cell: _Cell, rest, statement: str) -> tuple[Option, ...]:
         return ()
     options: list[Option] = []
     seen: set[str] = set()
-    for option in where.find_data("option"):
+    for option in (c for c in where.children if isinstance(c, Tree)):
         key_token, _, value = option.children
         key = str(key_token)[1:-1] if key_token.type == "BQ" else str(key_token)
         if key in seen:
@@ -361,8 +373,7 @@ def _value(value: Tree) -> str:
     return str(inner)
 
 
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "0": "\0", "\\": "\\", '"': '"',
-            "'": "'", "`": "`"}
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "`": "`"}
 
 
 def _unquote(token: Token) -> str:
