@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,12 @@ def _temp_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"byzer-ray-{os.getuid()}-{abs(hash(str(preferred))) % 10**8}"
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def default_num_cpus() -> int:
     """Logical CPUs for the embedded head.
 
@@ -108,6 +115,11 @@ def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> Clust
            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--dashboard-port=0",
            f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus or default_num_cpus()}",
            "--disable-usage-stats", "--include-dashboard=true"]
+    # Several heads may share a machine (users, test sessions): take free ports for every service
+    # that otherwise has a fixed default (the job agent's 52365, the client server's 10001, ...).
+    for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                 "runtime-env-agent-port", "ray-client-server-port"):
+        cmd.append(f"--{flag}={_free_port()}")
     log = state_dir() / "ray_head.log"
     with open(log, "wb") as out:
         proc = subprocess.run(cmd, env=_head_env(), stdout=out, stderr=subprocess.STDOUT,

@@ -96,6 +96,7 @@ class ParallelConfig:
     input_table_name: str | None = None
     output_table: str | None = None
     cpus_per_worker: float = 1
+    gradient_checkpointing: bool = False        # trade compute for activation memory
 
     def __post_init__(self):
         if not isinstance(self.num_workers, int) or self.num_workers < 1:

@@ -17,6 +17,7 @@ from byzer_magic.errors import ByzerError
 from byzer_magic.runtime import data
 from byzer_magic.runtime.config import resolve_ds_config
 from byzer_magic.runtime.jobfiles import JobFiles
+from byzer_magic.runtime.metrics import read_metrics
 
 
 def _source_dataset(spec: dict):
@@ -53,6 +54,9 @@ def plan_job(spec: dict, *, cluster_gpus: float) -> dict:
                          f"max_length / num_gpus")
     total = per_epoch * args["epoches"]
     ds_config, notes = resolve_ds_config(user, on_gpu=use_gpu, total_steps=total, warmup_ratio=args["warmup_ratio"])
+    if ds_config.get("tensorboard", {}).get("enabled"):
+        # DeepSpeed's own monitor (lr, and its timers) goes beside our scalars, not into the cwd.
+        ds_config["tensorboard"].update(output_path=str(files.tensorboard_dir), job_name="deepspeed")
     plan = dict(spec, ds_config=ds_config, notes=notes, use_gpu=use_gpu, micro_batch=micro, total_steps=total,
                 steps_per_epoch_planned=per_epoch, documents=documents, tokens=tokens,
                 tokens_dir=str(files.tokens_dir), checkpoint_dir=str(files.checkpoint_dir),
@@ -90,11 +94,11 @@ def run(job_dir: str) -> int:
                 "train": ray.data.read_parquet(str(files.tokens_dir), columns=["ids"])},
             run_config=RunConfig(name=spec["name"], storage_path=str(files.ray_train_dir),
                                  failure_config=FailureConfig(max_failures=spec["train_args"]["max_failures"])))
-        fit = trainer.fit()
-        metrics = fit.metrics or {}
-        loss = metrics.get("loss")
-        result.update(status="SUCCEEDED", steps=metrics.get("step", 0),
-                      final_loss=None if loss is None or math.isnan(loss) else loss)
+        trainer.fit()
+        logged = read_metrics(files.root)  # rank 0's log is the record (Ray keeps metrics with checkpoints)
+        last = logged.iloc[-1] if len(logged) else None
+        result.update(status="SUCCEEDED", steps=0 if last is None else int(last["step"]),
+                      final_loss=None if last is None or math.isnan(last["loss"]) else float(last["loss"]))
         return 0
     except ByzerError as err:
         result["error"] = str(err)

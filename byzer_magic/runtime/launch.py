@@ -150,6 +150,7 @@ class DeepSpeedTrain:
                 "num_workers": cfg.num_workers, "use_gpu": use_gpu, "cpus_per_worker": cfg.cpus_per_worker,
                 "keep_partition_num": cfg.keep_partition_num,
                 "setup_nccl_socket_ifname_by_ip": cfg.setup_nccl_socket_ifname_by_ip,
+                "gradient_checkpointing": cfg.gradient_checkpointing,
                 "ds_config": parse_ds_config(cfg.ds_config), "train_args": asdict(args), "notes": notes,
                 "cluster": info.address,
             }
@@ -185,11 +186,22 @@ def _submit_ray_job(spec: dict, info: cluster.ClusterInfo) -> None:
     env = {k: v for k, v in os.environ.items() if k.startswith(("TORCH_EXTENSIONS_DIR", "NCCL_", "HF_"))}
     env.setdefault("NCCL_NVLS_ENABLE", "0")
     client = JobSubmissionClient(info.dashboard_url)
-    client.submit_job(
-        entrypoint=f"{shlex.quote(python)} -m byzer_magic.runtime.job_entry {shlex.quote(spec['job_dir'])}",
-        submission_id=spec["submission_id"],
-        metadata={METADATA_KEY: "1", "name": spec["name"], "job_dir": spec["job_dir"]},
-        runtime_env={"env_vars": env} if env else None)
+    deadline = time.time() + 90
+    while True:
+        try:
+            client.submit_job(
+                entrypoint=f"{shlex.quote(python)} -m byzer_magic.runtime.job_entry {shlex.quote(spec['job_dir'])}",
+                submission_id=spec["submission_id"],
+                metadata={METADATA_KEY: "1", "name": spec["name"], "job_dir": spec["job_dir"]},
+                runtime_env={"env_vars": env} if env else None)
+            return
+        except RuntimeError as err:
+            # A head that has just started has no job agent for a few seconds.
+            if "No available agent" not in str(err) or time.time() > deadline:
+                if "already exists" in str(err):
+                    raise ByzerError(f"the cluster already has a job named {spec['submission_id']!r}") from None
+                raise
+            time.sleep(2)
 
 
 def _snapshot_input(ds, out_dir: Path, text_column: str, keep_partitions: bool) -> None:
