@@ -1,0 +1,297 @@
+"""Widgets, on their state: the job monitor on a real job folder (metrics written by the runtime's
+MetricsWriter), the loss plot, the jobs table, the config form's round trip through the parser
+(a property test), and the TensorBoard frame's URL."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from byzer_magic.language.interpolation import interpolate
+from byzer_magic.language.parser import parse_cell
+from byzer_magic.language.statements import RunStatement, SetupStatement
+from byzer_magic.runtime import config, tensorboard
+from byzer_magic.runtime.jobfiles import JobFiles
+from byzer_magic.runtime.jobs import JobHandle
+from byzer_magic.runtime.metrics import MetricsWriter
+from byzer_magic.widgets import (ConfigForm, JobMonitor, frame_url, jobs_table, loss_svg, tensorboard_frame)
+from byzer_magic.widgets.form import DS_DEFAULTS, RUN_PARAMETERS
+from byzer_magic.widgets.loss_plot import smooth
+from byzer_magic.widgets.tensorboard_frame import jupyter_base_url
+
+TOTAL = 20
+
+
+class FakeJob(JobHandle):
+    """A job folder without a Ray job: the status, logs and stop are the test's."""
+
+    def __init__(self, name, job_dir, status="RUNNING"):
+        super().__init__(name, job_dir)
+        self.fake_status = status
+        self.stop_calls = 0
+
+    def status(self):
+        return self.fake_status
+
+    def logs(self, tail=None):
+        return "W-0 step 1\nW-0 step 2"
+
+    def stop(self, timeout=60):
+        self.stop_calls += 1
+        self.fake_status = "STOPPED"
+        return "STOPPED"
+
+
+def loss(step):
+    return 8.0 / (1 + step) ** 0.5
+
+
+def log_steps(job_dir, first, last):
+    writer = MetricsWriter(job_dir)
+    for step in range(first, last + 1):
+        writer.log(step, loss=loss(step), lr=1e-3, grad_norm=0.5, tokens_per_s=1234.0, tokens=256 * step, epoch=0,
+                   total_steps=TOTAL)
+    writer.close()
+
+
+@pytest.fixture
+def job(tmp_path):
+    job_dir = tmp_path / "demo"
+    job_dir.mkdir()
+    files = JobFiles(job_dir)
+    files.write_json("job.json", {"name": "demo", "submitted_at": time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                                time.localtime(time.time() - 90))})
+    files.write_json("plan.json", {"total_steps": TOTAL})
+    log_steps(job_dir, 1, 5)
+    return FakeJob("demo", job_dir)
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while not predicate() and time.time() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+# -- job monitor --------------------------------------------------------------------------------------
+
+def test_monitor_shows_the_job_and_follows_it(job):
+    monitor = JobMonitor(job, refresh=0.1)
+    try:
+        assert monitor.status_label.value == "RUNNING" and monitor.polling
+        assert (monitor.progress.value, monitor.progress.max) == (5, TOTAL)
+        assert monitor.plot_data == [(s, pytest.approx(loss(s))) for s in range(1, 6)]
+        text = monitor.progress_text.value
+        assert text.startswith("5 / 20 · elapsed 0:01:") and "ETA" in text
+        assert "1,234 tokens/s" in monitor.speed.value
+        assert 'data-points="5"' in monitor.plot.svg.value
+        assert str(job.checkpoint_dir) in monitor.paths.value and str(job.model_dir) in monitor.paths.value
+
+        log_steps(job.job_dir, 6, 8)
+        monitor.refresh_now()
+        assert [s for s, _ in monitor.plot_data] == list(range(1, 9)) and monitor.progress.value == 8
+
+        log_steps(job.job_dir, 9, TOTAL)  # the thread picks these up by itself
+        assert wait_for(lambda: len(monitor.plot_data) == TOTAL)
+        assert monitor.progress.value == TOTAL and 'data-points="20"' in monitor.plot.svg.value
+
+        job.fake_status = "SUCCEEDED"  # a terminal status ends the polling
+        assert wait_for(lambda: not monitor.polling)
+        assert monitor.status_label.value == "SUCCEEDED" and monitor.progress.bar_style == "success"
+        assert monitor.stop_button.disabled and "ETA" not in monitor.progress_text.value
+    finally:
+        monitor.close()
+
+
+def test_reattach_shows_the_whole_curve_and_does_not_poll_an_ended_job(job):
+    log_steps(job.job_dir, 6, 12)
+    again = JobMonitor(FakeJob("demo", job.job_dir, status="LOST"))  # e.g. from a new kernel
+    assert [s for s, _ in again.plot_data] == list(range(1, 13))
+    assert again.status_label.value == "LOST" and not again.polling and again.stop_button.disabled
+    again.close()
+
+
+def test_monitor_before_the_first_step(tmp_path):
+    monitor = JobMonitor(FakeJob("new", tmp_path, status="PENDING"), start=False)
+    assert monitor.plot_data == [] and monitor.progress.value == 0
+    assert monitor.progress_text.value.startswith("0 / ?") and "no step logged yet" in monitor.speed.value
+    assert 'data-points="0"' in monitor.plot.svg.value
+    monitor.close()
+
+
+def test_stop_button_needs_a_second_click_and_stops_in_a_thread(job):
+    monitor = JobMonitor(job, start=False)
+    monitor.stop_button.click()
+    assert job.stop_calls == 0 and monitor.stop_button.description == "Click again to stop"
+    monitor.stop_button.click()
+    assert wait_for(lambda: monitor.progress.bar_style == "warning")  # set last by the refresh after stop
+    assert job.stop_calls == 1 and monitor.status_label.value == "STOPPED" and monitor.stop_button.disabled
+
+
+def test_logs_toggle_and_log_scale(job):
+    monitor = JobMonitor(job, start=False)
+    monitor.logs_button.value = True
+    assert wait_for(lambda: "W-0 step 2" in monitor.logs.value) and monitor.logs.layout.display == ""
+    monitor.plot.log_scale.value = True
+    assert "loss (log)" in monitor.plot.svg.value
+    monitor.close()
+
+
+# -- loss plot, jobs table ----------------------------------------------------------------------------
+
+def test_loss_svg_and_smoothing():
+    assert smooth([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])  # debiased: no pull to zero
+    assert smooth([1.0, 3.0], 0.0) == [1.0, 3.0]
+    svg = loss_svg([(1, 3.0), (2, float("nan")), (3, 0.0), (4, 1.0)], log_scale=True)
+    assert 'data-points="2"' in svg and svg.count('class="point"') == 2  # NaN and 0 have no log
+    long = loss_svg([(s, 1.0 + (s % 7)) for s in range(100_000)])
+    assert 'data-points="100000"' in long and len(long) < 100_000 and 'class="point"' not in long
+
+
+def test_jobs_table(job, tmp_path):
+    other = FakeJob("empty", tmp_path / "empty", status="PENDING")
+    table = jobs_table([job, other])
+    page = table._repr_html_()
+    assert "<th style='text-align:left'>steps done / total</th>" in page
+    assert "<td>demo</td>" in page and ">RUNNING</td>" in page and "<td>5/20</td>" in page
+    assert f"<td>{round(loss(5), 4):.4g}</td>" in page and "<td>1,234</td>" in page
+    lines = repr(table).splitlines()
+    assert lines[0].split()[:2] == ["name", "status"] and lines[1].startswith("demo") and "5/20" in lines[1]
+    assert jobs_table([])._repr_html_() == "<p class='byzer-jobs'>No jobs yet.</p>"
+
+
+# -- config form ----------------------------------------------------------------------------------------
+
+TABLES = ["finalTrainData", "t2"]
+text_values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+
+
+@st.composite
+def form_values(draw):
+    values = {}
+    for key, kind, default, _label in RUN_PARAMETERS:
+        if kind == "text":
+            values[key] = draw(st.one_of(st.just(""), text_values, st.sampled_from(["${x}", '\\"\'', "a\\${b}"])))
+        elif kind == "bool":
+            values[key] = draw(st.booleans())
+        elif kind == "model":
+            values[key] = draw(st.sampled_from(["sfft/llama2", "sfft/baichuan"]))
+        elif kind == "table":
+            values[key] = draw(st.sampled_from([""] + TABLES))
+        else:
+            low = int(kind.split(":")[1])
+            values[key] = draw(st.one_of(st.just(default), st.integers(low, 10**6)))
+    values["num_gpus"] = draw(st.integers(1, 512))
+    values["zero_stage"] = draw(st.integers(0, 3))
+    values["offload_optimizer"] = draw(st.booleans())
+    values["offload_param"] = draw(st.booleans())
+    values["precision"] = draw(st.sampled_from(["auto", "bf16", "fp16", "fp32"]))
+    values["lr"] = draw(st.one_of(st.just(DS_DEFAULTS["lr"]), st.floats(1e-9, 1.0)))
+    values["micro_batch"] = draw(st.integers(1, 64))
+    values["gradient_accumulation"] = draw(st.integers(1, 64))
+    return values
+
+
+@settings(max_examples=80, deadline=None, database=None)  # no .hypothesis/ folder in the repo
+@given(form_values())
+def test_form_round_trips_through_the_parser(values):
+    form = ConfigForm(TABLES)
+    for key, value in values.items():  # zero_stage before the offloads: the stage decides what is allowed
+        form.fields[key].value = value
+    statements = parse_cell(form.to_cell_text())
+
+    assert [type(s) for s in statements] == [SetupStatement, SetupStatement, RunStatement]
+    assert statements[1].value == f"num_gpus={values['num_gpus']}"
+    run = statements[2]
+    assert (run.input, run.transform) == ("command", "LLM")
+    parsed = {o.key: interpolate(o.value, {}) for o in run.options}  # `\${` reads back as a literal `${`
+
+    expected = {}
+    for key, _kind, default, _label in RUN_PARAMETERS:
+        value = values[key].strip() if isinstance(values[key], str) else values[key]
+        if value != default or key == "pretrainedModelType":
+            expected[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    ds_text = parsed.pop("deepspeedConfig", None)
+    assert parsed == expected
+
+    # The DeepSpeed settings, as the runtime will see them once merged over its defaults.
+    ds = config._merge(json.loads(config.DEFAULT_CONFIG), json.loads(ds_text) if ds_text else {})
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == values["zero_stage"]
+    assert ("offload_optimizer" in zero) == (values["offload_optimizer"] and values["zero_stage"] >= 1)
+    assert ("offload_param" in zero) == (values["offload_param"] and values["zero_stage"] == 3)
+    assert ds["optimizer"]["params"]["lr"] == values["lr"] and ds["optimizer"]["type"] == "AdamW"
+    assert ds["train_micro_batch_size_per_gpu"] == values["micro_batch"]
+    assert ds["gradient_accumulation_steps"] == values["gradient_accumulation"]
+    precision = {"auto": ("auto", None), "bf16": (True, None), "fp16": (False, True), "fp32": (False, None)}
+    assert (ds["bf16"]["enabled"], ds.get("fp16", {}).get("enabled")) == precision[values["precision"]]
+
+
+def test_default_form_writes_only_what_is_required_and_launches():
+    launched = []
+    form = ConfigForm(TABLES, on_launch=launched.append)
+    assert form.to_cell_text() == ('!byzerllm setup sfft;\n!byzerllm setup "num_gpus=1";\n'
+                                   'run command as LLM.`` where\npretrainedModelType="sfft/llama2";')
+    assert [value for _label, value in form.fields["inputTable"].options] == ["", "finalTrainData", "t2"]
+    assert form.fields["offload_optimizer"].disabled is False and form.fields["offload_param"].disabled is True
+    form.fields["inputTable"].value = "finalTrainData"
+    form.fields["sfft.int.max_length"].value = 128
+    form.preview_button.click()
+    assert form.preview.layout.display == "" and '`sfft.int.max_length`="128"' in form.preview.value
+    form.launch_button.click()
+    assert launched == [form.preview.value] and 'inputTable="finalTrainData"' in launched[0]
+
+    # What the session does with the cell: its LLM parameters are valid as written.
+    from byzer_magic.language.llm_params import parse_llm_options
+    form.fields["zero_stage"].value, form.fields["precision"].value = 3, "fp32"
+    form.fields["sfft.bool.setup_nccl_socket_ifname_by_ip"].value = True
+    run = parse_cell(form.to_cell_text())[-1]
+    llm = parse_llm_options(run.options, setup={"num_gpus": "1"}, tables={"finalTrainData": None})
+    assert llm.config.train_args.max_length == 128 and llm.config.setup_nccl_socket_ifname_by_ip
+    assert llm.config.ds_config == {"zero_optimization": {"stage": 3}, "bf16": {"enabled": False}}
+    assert ConfigForm([]).launch_button.disabled
+
+
+# -- TensorBoard frame ----------------------------------------------------------------------------------
+
+def test_frame_url_order():
+    proxy = {"TENSORBOARD_PROXY_URL": "https://lab.example.com/user/a/proxy/%PORT%/"}
+    assert frame_url(6006, environ=proxy) == "https://lab.example.com/user/a/proxy/6006/"
+    assert frame_url(6006, "https://other/%PORT%/", environ=proxy) == "https://other/6006/"  # the setting wins
+    assert frame_url(6006, environ={}, base_url="/", server_proxy=True) == "/proxy/6006/"
+    assert frame_url(6006, environ={}, base_url="/user/a/", server_proxy=True) == "/user/a/proxy/6006/"
+    assert frame_url(6006, environ={}, base_url="/", server_proxy=False) == "http://127.0.0.1:6006/"
+    assert frame_url(6006, environ={}, server_proxy=True) == "http://127.0.0.1:6006/"  # not under Jupyter
+
+
+def test_jupyter_base_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "jpserver-4242.json").write_text(json.dumps({"pid": 4242, "base_url": "/lab-base/"}))
+    assert jupyter_base_url({"JPY_PARENT_PID": "4242"}) == "/lab-base/"
+    assert jupyter_base_url({"JPY_PARENT_PID": "1"}) == "/"  # a server we cannot see: the default base
+    assert jupyter_base_url({"JUPYTERHUB_SERVICE_PREFIX": "/user/bob/", "JPY_PARENT_PID": "4242"}) == "/user/bob/"
+    assert jupyter_base_url({}) is None
+    assert frame_url(7000, environ={"JPY_PARENT_PID": "4242"}, server_proxy=True) == "/lab-base/proxy/7000/"
+
+
+def test_tensorboard_frame(job, monkeypatch):
+    monkeypatch.delenv("TENSORBOARD_PROXY_URL", raising=False)
+    frame = tensorboard_frame(job.tensorboard_dir, proxy_url="https://hub.example/proxy/%PORT%/")
+    assert "Launching TensorBoard" in frame.message.value or frame.url
+    try:
+        result = frame.wait(60)
+        assert isinstance(result, tensorboard.Launched)
+        assert frame.url == f"https://hub.example/proxy/{result.info.port}/"
+        assert f'src="{frame.url}"' in frame.frame.value and "Launched TensorBoard" in frame.message.value
+        reused = tensorboard_frame(job.tensorboard_dir, background=False)
+        assert isinstance(reused.result, tensorboard.Reused) and str(result.info.port) in reused.url
+    finally:
+        tensorboard.stop(job.tensorboard_dir)
+
+    monkeypatch.setattr(tensorboard, "_CHILD", "import sys; print('bad flag'); sys.exit(2)")
+    failed = tensorboard_frame(job.tensorboard_dir, background=False)
+    assert isinstance(failed.result, tensorboard.Failed) and failed.url is None
+    assert "bad flag" in failed.message.value and failed.frame.value == ""
