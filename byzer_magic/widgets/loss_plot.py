@@ -9,7 +9,7 @@ from typing import Sequence
 import ipywidgets as widgets
 
 WIDTH, HEIGHT = 720, 260
-_LEFT, _RIGHT, _TOP, _BOTTOM = 60, 14, 12, 34
+_LEFT, _RIGHT, _TOP, _BOTTOM = 60, 14, 24, 34
 MAX_DRAWN = 800  # a week-long run logs 10^5+ steps: draw a bounded number of points
 
 
@@ -65,7 +65,7 @@ def loss_svg(points: Sequence[tuple[int, float]], *, smoothing: float = 0.6, log
     parts.append(f'<polyline class="smoothed" fill="none" stroke="#08519c" stroke-width="2" '
                  f'points="{_path(line, px, py)}"/>')
     last_step, last_loss = usable[-1]
-    parts.append(f'<text x="{width - _RIGHT}" y="{_TOP + 10}" text-anchor="end" fill="#333">'
+    parts.append(f'<text x="{width - _RIGHT}" y="{_TOP - 8}" text-anchor="end" fill="#333">'
                  f'step {last_step}: loss {last_loss:.4g} (smoothed {_unlog(smoothed[-1], log_scale):.4g})</text>')
     return "".join(parts) + "</svg>"
 

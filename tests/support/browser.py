@@ -188,9 +188,16 @@ def cell_outputs_text(page) -> list[str]:
     return page.eval_on_selector_all(".jp-CodeCell .jp-Cell-outputArea", "nodes => nodes.map(n => n.innerText)")
 
 
-def screenshot(page, name: str) -> Path:
-    """A full-page screenshot at ``test-artifacts/<name>.png`` (kept by CI as an artifact)."""
+def screenshot(target, name: str) -> Path:
+    """A screenshot of a page or of one element (a Playwright ``Locator``) at
+    ``test-artifacts/<name>.png`` (kept by CI as an artifact)."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    target.screenshot(path=str(path))
     return path
+
+
+def output_of(page, text: str):
+    """The output area of the code cell whose source contains ``text`` (a ``Locator``)."""
+    cell = page.locator(".jp-CodeCell").filter(has=page.locator(".jp-InputArea", has_text=text)).first
+    return cell.locator(".jp-Cell-outputArea")
