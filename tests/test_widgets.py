@@ -4,6 +4,7 @@ MetricsWriter), the loss plot, the jobs table, the config form's round trip thro
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -69,7 +70,7 @@ def job(tmp_path):
     return FakeJob("demo", job_dir)
 
 
-def wait_for(predicate, timeout=10.0):
+def wait_for(predicate, timeout=30.0):  # generous: CI machines can be very busy
     deadline = time.time() + timeout
     while not predicate() and time.time() < deadline:
         time.sleep(0.05)
@@ -85,7 +86,7 @@ def test_monitor_shows_the_job_and_follows_it(job):
         assert (monitor.progress.value, monitor.progress.max) == (5, TOTAL)
         assert monitor.plot_data == [(s, pytest.approx(loss(s))) for s in range(1, 6)]
         text = monitor.progress_text.value
-        assert text.startswith("5 / 20 · elapsed 0:01:") and "ETA" in text
+        assert re.match(r"5 / 20 · elapsed 0:0\d:\d\d · ETA \d+:\d\d:\d\d$", text), text  # submitted 90 s ago
         assert "1,234 tokens/s" in monitor.speed.value
         assert 'data-points="5"' in monitor.plot.svg.value
         assert str(job.checkpoint_dir) in monitor.paths.value and str(job.model_dir) in monitor.paths.value
