@@ -272,7 +272,7 @@ def test_jupyter_base_url(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
     (tmp_path / "jpserver-4242.json").write_text(json.dumps({"pid": 4242, "base_url": "/lab-base/"}))
     assert jupyter_base_url({"JPY_PARENT_PID": "4242"}) == "/lab-base/"
-    assert jupyter_base_url({"JPY_PARENT_PID": "1"}) == "/"  # a server we cannot see: the default base
+    assert jupyter_base_url({"JPY_PARENT_PID": "1"}) is None  # started by nbclient, VS Code, ...: no proxy
     assert jupyter_base_url({"JUPYTERHUB_SERVICE_PREFIX": "/user/bob/", "JPY_PARENT_PID": "4242"}) == "/user/bob/"
     assert jupyter_base_url({}) is None
     assert frame_url(7000, environ={"JPY_PARENT_PID": "4242"}, server_proxy=True) == "/lab-base/proxy/7000/"

@@ -43,7 +43,8 @@ def frame_url(port: int, proxy_url: str | None = None, *, environ: Mapping[str, 
 
 def jupyter_base_url(environ: Mapping[str, str] | None = None) -> str | None:
     """The base URL of the Jupyter server that started this kernel (``/`` by default,
-    ``/user/<name>/`` on JupyterHub); None when the kernel was not started by a Jupyter server."""
+    ``/user/<name>/`` on JupyterHub); None when no Jupyter server started it (nbclient, VS Code,
+    a terminal IPython), where a ``/proxy/`` URL would lead nowhere."""
     environ = os.environ if environ is None else environ
     if environ.get("JUPYTERHUB_SERVICE_PREFIX"):
         return environ["JUPYTERHUB_SERVICE_PREFIX"]
@@ -53,7 +54,7 @@ def jupyter_base_url(environ: Mapping[str, str] | None = None) -> str | None:
     for info in _running_servers():
         if str(info.get("pid")) == parent:
             return info.get("base_url") or "/"
-    return "/"
+    return None
 
 
 def _running_servers() -> list[dict]:
