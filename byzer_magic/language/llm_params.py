@@ -109,7 +109,8 @@ def parse_llm_options(options: tuple[Option, ...], *, setup: dict, tables: dict,
     get = lambda key: values[key].value if key in values else None  # noqa: E731
     flag = lambda key, default: _convert(values[key], bool, key) if key in values else default  # noqa: E731
 
-    if "pretrainedModelType" not in values:
+    resume = flag("resume", False)
+    if "pretrainedModelType" not in values and not resume:
         raise ByzerError('pretrainedModelType is required (e.g. pretrainedModelType="sfft/llama2")')
     if "model" in values and get("model") != "command":
         raise _fail(values["model"], f'model must be "command", got "{get("model")}"')
@@ -143,13 +144,13 @@ def parse_llm_options(options: tuple[Option, ...], *, setup: dict, tables: dict,
     num_workers = int(setup.get("num_gpus", 1))
     config = ParallelConfig(
         num_workers=num_workers, ds_config=ds_config, train_args=train_args, name=get("name"),
-        local_path_prefix=get("localPathPrefix"), model_type=get("pretrainedModelType"),
+        local_path_prefix=get("localPathPrefix"), model_type=get("pretrainedModelType") or "sfft/llama2",
         model_config=model_config, keep_partition_num=flag("keepPartitionNum", False),
         input_table=input_table, input_table_name=get("inputTable"), output_table=get("outputTable"),
         setup_nccl_socket_ifname_by_ip=extra.pop("setup_nccl_socket_ifname_by_ip", False),
         gradient_checkpointing=extra.pop("gradient_checkpointing", False),
         use_gpu=setup.get("use_gpu"), cpus_per_worker=float(setup.get("num_cpus_per_worker", 1)))
-    return LLMRun(config=config, detached=flag("detached", True), resume=flag("resume", False),
+    return LLMRun(config=config, detached=flag("detached", True), resume=resume,
                   dry_run=flag("dryRun", False), extra=extra)
 
 

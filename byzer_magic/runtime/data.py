@@ -96,10 +96,31 @@ def micro_batches(sequences: Iterator[np.ndarray], micro_batch: int) -> Iterator
             group = []
 
 
-def shard_id_batches(shard, batch_size: int = 64) -> Iterator[np.ndarray]:
-    """The ``ids`` column of a Ray Data shard (a DataIterator or Dataset), batch by batch."""
-    for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-        column = batch.column("ids").combine_chunks()
-        values = column.values.to_numpy(zero_copy_only=False)
-        offsets = column.offsets.to_numpy()
-        yield [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+def rank_sequences(tokens_dir: str | Path, rank: int, world: int, length: int, *,
+                   by_partition: bool = False) -> Iterator[np.ndarray]:
+    """This worker's packed sequences, the same on every run (so a resumed run skips exactly what it
+    trained): whole files round-robin when there are at least as many files as workers (or, with
+    ``by_partition``, partition i to worker i mod world), else every world-th sequence of all files."""
+    root = Path(tokens_dir)
+    if by_partition:
+        parts = sorted(root.glob("part=*"), key=lambda p: int(p.name.split("=")[1]))
+        files = [f for i, part in enumerate(parts) if i % world == rank for f in sorted(part.rglob("*.parquet"))]
+        stride = 1
+    else:
+        every = sorted(root.rglob("*.parquet"))
+        files, stride = (every[rank::world], 1) if len(every) >= world else (every, world)
+    sequences = pack_sequences(_file_id_batches(files), length)
+    for index, seq in enumerate(sequences):
+        if index % stride == (rank if stride > 1 else 0):
+            yield seq
+
+
+def _file_id_batches(files: list[Path], batch_size: int = 256) -> Iterator[list[np.ndarray]]:
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["ids"]):
+            column = batch.column(0)
+            values = column.values.to_numpy(zero_copy_only=False)
+            offsets = column.offsets.to_numpy()
+            yield [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]

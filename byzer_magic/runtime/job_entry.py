@@ -90,8 +90,6 @@ def run(job_dir: str) -> int:
             train_loop, train_loop_config=plan,
             scaling_config=ScalingConfig(num_workers=spec["num_workers"], use_gpu=plan["use_gpu"],
                                          resources_per_worker={"CPU": spec.get("cpus_per_worker", 1)}),
-            datasets=None if spec.get("keep_partition_num") else {
-                "train": ray.data.read_parquet(str(files.tokens_dir), columns=["ids"])},
             run_config=RunConfig(name=spec["name"], storage_path=str(files.ray_train_dir),
                                  failure_config=FailureConfig(max_failures=spec["train_args"]["max_failures"])))
         trainer.fit()

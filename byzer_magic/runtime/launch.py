@@ -7,6 +7,7 @@ seconds, so that a mistake never surfaces minutes later inside a worker.
 from __future__ import annotations
 
 import getpass
+import glob
 import os
 import re
 import shlex
@@ -105,6 +106,13 @@ class DeepSpeedTrain:
                     raise ByzerError(f"modelConfig: unknown key {key!r}{did_you_mean(key, valid)}; "
                                      f"valid: {', '.join(sorted(valid))}")
 
+    def plan(self):
+        """What the run will cost (tokens, steps, memory, advice) without training: see docs/PLAN.md."""
+        from byzer_magic.runtime.plan import plan_run  # noqa: PLC0415
+
+        cluster.connect(self.ray_address)
+        return plan_run(self.config)
+
     # -- the job --------------------------------------------------------------------------------
     def submit(self) -> JobHandle:
         """Check the run, snapshot its input into the job folder, and submit it as a Ray Job."""
@@ -126,7 +134,7 @@ class DeepSpeedTrain:
             if args.text_column not in columns:
                 raise ByzerError(f"inputTable {cfg.input_table_name or ''} has no `{args.text_column}` column "
                                  f"(columns: {', '.join(columns)}); select ... as text first")
-        elif not any(Path().glob(args.data_dir)) and not Path(args.data_dir).expanduser().exists():
+        elif not glob.glob(os.path.expanduser(args.data_dir.removeprefix("file://")), recursive=True):
             raise ByzerError(f"localDataDir {args.data_dir} does not exist")
 
         job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -135,7 +143,7 @@ class DeepSpeedTrain:
                 _snapshot_input(cfg.input_table, files.input_dir, args.text_column, cfg.keep_partition_num)
             get_model_file = None
             if cfg.get_model is not None:
-                import cloudpickle  # noqa: PLC0415
+                from ray import cloudpickle  # noqa: PLC0415
 
                 get_model_file = str(job_dir / "get_model.pkl")
                 with open(get_model_file, "wb") as f:
@@ -217,7 +225,7 @@ def _snapshot_input(ds, out_dir: Path, text_column: str, keep_partitions: bool) 
     out_dir.mkdir(parents=True, exist_ok=True)
     pending, index = [], 0
     for bundle in ds.iter_internal_ref_bundles():
-        for block_ref, _ in bundle.blocks:
+        for block_ref in bundle.block_refs:
             pending.append(_write_partition.remote(block_ref, str(out_dir / f"part-{index:05d}.parquet"), index))
             index += 1
     ray.get(pending)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from byzer_magic.runtime import checkpoint, data
+from byzer_magic.runtime import checkpoint, data, speed
 from byzer_magic.runtime.network import set_nccl_socket_ifname
 
 
@@ -31,7 +31,7 @@ def _build_model(plan: dict):
     from byzer_magic.runtime.models import registry  # noqa: PLC0415
 
     if plan.get("get_model_file"):
-        import cloudpickle  # noqa: PLC0415
+        from ray import cloudpickle  # noqa: PLC0415
 
         with open(plan["get_model_file"], "rb") as f:
             return cloudpickle.load(f)()
@@ -40,25 +40,17 @@ def _build_model(plan: dict):
     return registry.build_model(plan["model_type"], plan.get("model_config"))
 
 
-def _shard(plan: dict, rank: int, world: int):
-    """This worker's token stream: Ray Train's shard, or partition ``rank`` (keepPartitionNum)."""
-    import ray.data  # noqa: PLC0415
-    import ray.train  # noqa: PLC0415
-
-    if not plan["keep_partition_num"]:
-        return ray.train.get_dataset_shard("train")
-    parts = sorted(Path(plan["tokens_dir"]).glob("part=*"), key=lambda p: int(p.name.split("=")[1]))
-    mine = [str(p) for i, p in enumerate(parts) if i % world == rank]
-    return ray.data.read_parquet(mine, columns=["ids"]) if mine else None
-
-
 class _Batches:
-    """Micro-batches for one epoch, skipping those a restored checkpoint already trained on."""
+    """Micro-batches for one epoch, skipping those a restored checkpoint already trained on.
 
-    def __init__(self, shard, plan: dict, skip: int):
-        self.it = iter(()) if shard is None else data.micro_batches(
-            data.pack_sequences(data.shard_id_batches(shard), plan["train_args"]["max_length"]),
-            plan["micro_batch"])
+    Each worker reads its part of the job's token cache directly (``data.rank_sequences``), in an order
+    that is the same on every run: a restarted or resumed worker skips exactly the micro-batches
+    its checkpoint has trained on, neither repeating nor skipping a sample."""
+
+    def __init__(self, plan: dict, rank: int, world: int, skip: int):
+        sequences = data.rank_sequences(plan["tokens_dir"], rank, world, plan["train_args"]["max_length"],
+                                        by_partition=plan["keep_partition_num"])
+        self.it = data.micro_batches(sequences, plan["micro_batch"])
         for _ in range(skip):
             next(self.it, None)
 
@@ -81,6 +73,7 @@ def train_loop(plan: dict) -> None:
     model = _build_model(plan)
     if plan.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
+    model = speed.prepare_model(model, plan)
     if not plan["use_gpu"]:
         # Skip DeepSpeed's shared-memory all-reduce op on the CPU: its JIT build costs ~60 s and 5 GB
         # per fresh machine; gloo (Ray Train's group) does the same work.
@@ -102,14 +95,14 @@ def train_loop(plan: dict) -> None:
         if step:
             print(f"[W-0-{plan['name']}] resumed from {ckpt_dir / checkpoint.latest_tag(ckpt_dir)} at step {step}",
                   flush=True)
-    shard = _shard(plan, rank, world)
     gas, total = plan["ds_config"]["gradient_accumulation_steps"], plan["total_steps"]
     tokens_per_step = world * gas * plan["micro_batch"] * args["max_length"]
-    last_save, loss_sum, t0, last_loss = step, torch.zeros((), device=device), time.time(), None
+    last_save, loss_sum, t0, last_loss, since_log = step, torch.zeros((), device=device), time.time(), None, 0
+    last_ids = None
     done = step >= total
 
     while epoch < args["epoches"] and not done:
-        batches, epoch_steps = _Batches(shard, plan, consumed * gas), consumed
+        batches, epoch_steps = _Batches(plan, rank, world, consumed * gas), consumed
         while not (args["steps_per_epoch"] and epoch_steps >= args["steps_per_epoch"]):
             window = batches.take(gas)
             have = torch.tensor([1 if window else 0], dtype=torch.int32)
@@ -117,23 +110,25 @@ def train_loop(plan: dict) -> None:
             if not have.item():
                 break  # some worker ran out of data: the epoch ends for all
             for micro in window:
-                ids = torch.from_numpy(micro).to(device)
-                loss = engine(input_ids=ids, labels=ids).loss
+                ids = last_ids = torch.from_numpy(micro).to(device)
+                loss = speed.causal_lm_loss(engine, ids)
                 engine.backward(loss)
                 engine.step()
                 loss_sum += loss.detach() / gas
-            step, epoch_steps = step + 1, epoch_steps + 1
+            step, epoch_steps, since_log = step + 1, epoch_steps + 1, since_log + 1
             if step % args["log_every"] == 0 or step == total:
+                # The loss is read back only here: a GPU step never waits for the host otherwise.
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-                last_loss = loss_sum.item() / (world * args["log_every"] if step % args["log_every"] == 0 else world)
+                last_loss = loss_sum.item() / (world * since_log)
                 elapsed, t0 = time.time() - t0, time.time()
                 if writer:
                     writer.log(step, epoch=epoch, loss=last_loss, lr=float(engine.get_lr()[0]),
                                grad_norm=_float(engine.get_global_grad_norm()),
-                               tokens_per_s=tokens_per_step * args["log_every"] / max(elapsed, 1e-9),
+                               tokens_per_s=tokens_per_step * since_log / max(elapsed, 1e-9),
                                tokens=step * tokens_per_step, total_steps=total)
                     print(f"[W-0-{plan['name']}] step {step}/{total} epoch {epoch} loss {last_loss:.4f}", flush=True)
                 loss_sum.zero_()
+                since_log = 0
             if step - last_save >= args["checkpoint_every"]:
                 checkpoint.save(engine, ckpt_dir, step, {"step": step, "epoch": epoch, "consumed": epoch_steps},
                                 keep=args["keep_checkpoints"])
@@ -146,6 +141,8 @@ def train_loop(plan: dict) -> None:
     if step != last_save or not checkpoint.latest_tag(ckpt_dir):
         checkpoint.save(engine, ckpt_dir, step, {"step": step, "epoch": epoch, "consumed": 0},
                         keep=args["keep_checkpoints"])
+    if last_ids is not None:
+        _record_final_eval(engine, last_ids, Path(plan["job_dir"]), rank)
     from byzer_magic.runtime.data import _tokenizer  # noqa: PLC0415
 
     out = checkpoint.export_hf(engine, engine.module, Path(plan["model_dir"]), _tokenizer(plan["tokenizer_path"]))
@@ -153,6 +150,21 @@ def train_loop(plan: dict) -> None:
         writer.close()
         print(f"[W-0-{plan['name']}] finished at step {step}: checkpoints in {ckpt_dir}, model in {out}", flush=True)
     ray.train.report({"step": step, "loss": last_loss if last_loss is not None else float("nan")})
+
+
+def _record_final_eval(engine, ids, job_dir: Path, rank: int) -> None:
+    """The final weights' loss on the last micro-batch (rank 0's), kept with that batch: a check that
+    the exported model is the trained one (it must reproduce this loss). Every rank runs the forward,
+    which ZeRO-3 needs to gather its parameters."""
+    engine.eval()
+    with torch.no_grad():
+        loss = speed.causal_lm_loss(engine, ids).float().item()
+    engine.train()
+    if rank == 0:
+        from byzer_magic.runtime.jobfiles import JobFiles  # noqa: PLC0415
+
+        np.save(job_dir / "final_batch.npy", ids.cpu().numpy())
+        JobFiles(job_dir).write_json("final_eval.json", {"loss": loss, "batch": "final_batch.npy"})
 
 
 def _float(value) -> float | None:
