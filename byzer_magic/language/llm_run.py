@@ -10,10 +10,15 @@ from byzer_magic.language.statements import RunStatement
 
 
 def run_llm(session, statement: RunStatement, *, blocking_output: Callable[[object], None] = print) -> Any:
-    """Run the statement; returns the job handle (detached), the result row (blocking) or the plan."""
+    """Run the statement; returns the job monitor (detached), the result (blocking) or the plan.
+
+    ``blocking_output`` shows the live monitor of a blocking run; progress lines are printed too,
+    so that a notebook run headless (nbconvert, CI) keeps a readable log."""
+    show, blocking_output = blocking_output, print
     from byzer_magic.runtime.launch import DeepSpeedTrain  # noqa: PLC0415
 
     cluster = session.ensure_ray()
+    session.last_llm_statement = statement  # for %byzerllm plan
     tables = {name.lower(): ds for name, ds in session.tables.items()}
     run = parse_llm_options(statement.options, setup=session.setup, tables=_CaseInsensitive(tables))
     config = run.config
@@ -34,9 +39,9 @@ def run_llm(session, statement: RunStatement, *, blocking_output: Callable[[obje
         _bind_output_table(session, config.output_table, handle)
         return _monitor(handle)
     if handle is None:
-        result = dst.train(progress=_progress_printer(blocking_output))
+        result = dst.train(progress=_progress_printer(blocking_output, show))
     else:
-        result = _wait_blocking(handle, blocking_output)
+        result = _wait_blocking(handle, blocking_output, show)
     _bind_output_table(session, config.output_table, result.name if hasattr(result, "name") else handle)
     return result
 
@@ -75,11 +80,16 @@ def _monitor(handle):
     return JobMonitor(handle)
 
 
-def _progress_printer(output) -> Callable:
-    """Print a line per logged step range while a blocking run goes (about 10 lines a run)."""
+def _progress_printer(output, show=None) -> Callable:
+    """Print a line per logged step range while a blocking run goes (about 10 lines a run); the
+    first call also shows the job's live monitor through ``show``."""
     state = {"printed": 0, "status": None}
 
     def progress(handle) -> None:
+        if show is not None and state["status"] is None:
+            monitor = _monitor(handle)
+            if monitor is not handle:
+                show(monitor)
         status = handle.status()
         if status != state["status"]:
             state["status"] = status
@@ -100,11 +110,11 @@ def _progress_printer(output) -> Callable:
     return progress
 
 
-def _wait_blocking(handle, output):
+def _wait_blocking(handle, output, show=None):
     from byzer_magic.runtime.launch import TrainResult  # noqa: PLC0415
 
     try:
-        status = handle.wait(progress=_progress_printer(output))
+        status = handle.wait(progress=_progress_printer(output, show))
     except KeyboardInterrupt:
         handle.stop()
         raise

@@ -125,8 +125,8 @@ class DeepSpeedTrain:
             raise ByzerError(f"a job named {name!r} already exists ({job_dir}); choose another name, or resume it")
         use_gpu = self._check_resources(cfg.use_gpu)
         _, notes = resolve_ds_config(cfg.ds_config, on_gpu=use_gpu)  # invalid configs stop here
-        tokenizer_path = self._tokenizer_path()
         self._check_model()
+        tokenizer_path = self._tokenizer_path()
         if cfg.input_table is None and not args.data_dir:
             raise ByzerError("no training data: set inputTable (a table with a `text` column) or localDataDir")
         if cfg.input_table is not None:
