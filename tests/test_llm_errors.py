@@ -35,7 +35,7 @@ CASES = [
     ('and inputTabel="docs"', 'did you mean "inputTable"', 6),
     ('and `sfft.int.max_lenght`="128"', 'did you mean "max_length"', 6),
     ('and `sfft.int.max_length`="abc"', 'must be an integer, got "abc"', 6),
-    ('and `sfft.str.max_length`="128"', "max_length is a int", 6),
+    ('and `sfft.str.max_length`="128"', "max_length is an integer; write `sfft.int.max_length`", 6),
     ('and `sfft.int.max_length`="-5"', "max_length must be an integer >= 2", 2),
     ('and detached="maybe"', 'must be "true" or "false"', 6),
     ("and deepspeedConfig='''{\"zero_optimization\": {\"stage\": 3,}}'''", "deepspeedConfig is not valid JSON", 6),

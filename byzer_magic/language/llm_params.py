@@ -81,7 +81,8 @@ def _sfft(option: Option, train: dict, extra: dict) -> None:
                             f"valid keys: {', '.join(sorted(known))}")
     expected = known[key]
     if kind is not expected and not (kind is int and expected is float):
-        raise _fail(option, f"`{option.key}`: {key} is a {expected.__name__}; write "
+        kinds = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+        raise _fail(option, f"`{option.key}`: {key} is {kinds[expected]}; write "
                             f"`sfft.{expected.__name__}.{key}`")
     value = _convert(option, expected, f"`{option.key}`")
     (extra if key in _EXTRA_SFFT else train)[key] = value

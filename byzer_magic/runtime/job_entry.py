@@ -31,6 +31,12 @@ def _source_dataset(spec: dict):
     return ray.data.read_parquet(str(files.input_dir), columns=None)
 
 
+def checkpoint_dir_of(spec: dict) -> Path:
+    """``checkpoint_saving_path/<name>`` when the user chose a checkpoint folder, else the job folder's."""
+    chosen = spec["train_args"].get("checkpoint_saving_path")
+    return Path(chosen).expanduser() / spec["name"] if chosen else JobFiles(spec["job_dir"]).checkpoint_dir
+
+
 def plan_job(spec: dict, *, cluster_gpus: float) -> dict:
     """Tokenise (cached), count, and lay out the run: the config every worker receives."""
     files = JobFiles(spec["job_dir"])
@@ -59,7 +65,7 @@ def plan_job(spec: dict, *, cluster_gpus: float) -> dict:
         ds_config["tensorboard"].update(output_path=str(files.tensorboard_dir), job_name="deepspeed")
     plan = dict(spec, ds_config=ds_config, notes=notes, use_gpu=use_gpu, micro_batch=micro, total_steps=total,
                 steps_per_epoch_planned=per_epoch, documents=documents, tokens=tokens,
-                tokens_dir=str(files.tokens_dir), checkpoint_dir=str(files.checkpoint_dir),
+                tokens_dir=str(files.tokens_dir), checkpoint_dir=str(checkpoint_dir_of(spec)),
                 model_dir=str(files.model_dir))
     files.write_json("plan.json", {k: v for k, v in plan.items()})
     return plan
@@ -76,7 +82,7 @@ def run(job_dir: str) -> int:
     spec = files.read_json("job.json")
     started = time.time()
     result = {"name": spec["name"], "submission_id": spec["submission_id"], "status": "FAILED", "steps": 0, "final_loss": None,
-              "model_dir": str(files.model_dir), "checkpoint_dir": str(files.checkpoint_dir),
+              "model_dir": str(files.model_dir), "checkpoint_dir": str(checkpoint_dir_of(spec)),
               "tensorboard_dir": str(files.tensorboard_dir)}
     try:
         ray.init(address="auto", logging_level="ERROR")

@@ -42,7 +42,11 @@ class JobHandle:
 
     job_dir = property(lambda self: self.files.root)
     model_dir = property(lambda self: self.files.model_dir)
-    checkpoint_dir = property(lambda self: self.files.checkpoint_dir)
+    @property
+    def checkpoint_dir(self) -> Path:
+        chosen = self.spec.get("train_args", {}).get("checkpoint_saving_path")
+        return Path(chosen).expanduser() / self.name if chosen else self.files.checkpoint_dir
+
     tensorboard_dir = property(lambda self: self.files.tensorboard_dir)
 
     @property

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install byzer-magic and what its tests need into .venv (idempotent; fast when already done).
+# On a machine without a GPU, torch is pinned to the CPU build (constraints-cpu.txt) so that pip does
+# not fetch a multi-GB CUDA build; on a GPU machine set BYZER_TORCH_CONSTRAINTS="" to keep yours.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+constraints=${BYZER_TORCH_CONSTRAINTS-constraints-cpu.txt}
+[ -x .venv/bin/python ] || python3 -m venv .venv
+stamp=.venv/.byzer-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  if [ -n "$constraints" ]; then
+    .venv/bin/python -m pip install -q -c "$constraints" torch
+    .venv/bin/python -m pip install -q -c "$constraints" -e '.[test]'
+  else
+    .venv/bin/python -m pip install -q -e '.[test]'
+  fi
+  touch "$stamp"
+fi
