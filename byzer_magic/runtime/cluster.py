@@ -121,9 +121,15 @@ def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> Clust
                  "runtime-env-agent-port", "ray-client-server-port"):
         cmd.append(f"--{flag}={_free_port()}")
     log = state_dir() / "ray_head.log"
-    with open(log, "wb") as out:
-        proc = subprocess.run(cmd, env=_head_env(), stdout=out, stderr=subprocess.STDOUT,
-                              start_new_session=True, timeout=timeout)
+    for attempt in range(3):
+        with open(log, "wb") as out:
+            proc = subprocess.run(cmd, env=_head_env(), stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True, timeout=timeout)
+        # Ray gives its raylet a fixed 30 s to register: a machine busy with other work can miss that.
+        # Clear what the failed start left and try again.
+        if proc.returncode == 0 or "timed out during startup" not in log.read_text(errors="replace"):
+            break
+        _kill_processes_under(str(temp_dir))
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise ByzerError("could not start the embedded Ray head: " + " | ".join(tail) + f" (full log: {log})")
