@@ -102,6 +102,11 @@ def _head_env() -> dict[str, str]:
     env.setdefault("TORCH_EXTENSIONS_DIR", str(state_dir() / "torch_extensions"))
     env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     env.setdefault("NCCL_NVLS_ENABLE", "0")
+    # Ray turns --node-ip-address=127.0.0.1 into the machine's routable address (its GCS, raylet and
+    # object manager then listen there) unless it is told this is a single-machine cluster.
+    env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # A busy machine can take longer than Ray's 60 s to bring the dashboard (the Jobs API) up.
+    env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "240")
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -125,9 +130,9 @@ def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> Clust
         with open(log, "wb") as out:
             proc = subprocess.run(cmd, env=_head_env(), stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True, timeout=timeout)
-        # Ray gives its raylet a fixed 30 s to register: a machine busy with other work can miss that.
-        # Clear what the failed start left and try again.
-        if proc.returncode == 0 or "timed out during startup" not in log.read_text(errors="replace"):
+        # Ray gives its raylet and dashboard fixed windows (~30 s) to come up: a machine busy with other
+        # work can miss them. Clear what the failed start left and try again.
+        if proc.returncode == 0:
             break
         _kill_processes_under(str(temp_dir))
     if proc.returncode != 0:
