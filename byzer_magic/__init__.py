@@ -13,7 +13,8 @@ def load_ipython_extension(ipython) -> None:
 
     magic = ByzerMagic(shell=ipython)
     ipython.register_magics(magic)
-    ipython.configurables.append(magic)  # so that %config ByzerMagic.<x> = ... reaches it
+    if magic not in ipython.configurables:  # %config ByzerMagic.<x> = ... reaches configurables
+        ipython.configurables.append(magic)  # (IPython 9 adds registered magics itself, 8 does not)
 
 
 def unload_ipython_extension(ipython) -> None:

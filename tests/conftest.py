@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 # Set before anything imports byzer_magic or ray: the home decides which Ray head we talk to.
-_HOME = Path(tempfile.mkdtemp(prefix="bm-", dir="/tmp"))
+# BYZER_MAGIC_TEST_HOME (opt-in, for quick local iterations): a fixed home whose Ray head is reused
+# across test sessions and left running at the end.
+_KEEP_HEAD = bool(os.environ.get("BYZER_MAGIC_TEST_HOME"))
+_HOME = Path(os.environ.get("BYZER_MAGIC_TEST_HOME") or tempfile.mkdtemp(prefix="bm-", dir="/tmp"))
+_HOME.mkdir(parents=True, exist_ok=True)
 os.environ["BYZER_MAGIC_HOME"] = str(_HOME)
 os.environ["BYZER_MAGIC_JOBS"] = str(_HOME / "jobs")
 os.environ.pop("RAY_ADDRESS", None)
@@ -29,7 +33,8 @@ def ray_cluster(byzer_home):
 
     info = cluster.connect()
     yield info
-    cluster.stop_local_head()
+    if not _KEEP_HEAD:
+        cluster.stop_local_head()
 
 
 @pytest.fixture
@@ -41,3 +46,29 @@ def shell(ray_cluster):
     ip.run_line_magic("load_ext", "byzer_magic")
     ip.run_line_magic("byzerllm", "reset")
     yield ip
+
+
+@pytest.fixture(scope="session")
+def text_files(tmp_path_factory) -> Path:
+    """Real text to load: Python stdlib sources, ``email/*.py`` at the top (20 files) and ``json/*.py``
+    one folder down (for ``**``), plus a hidden file that loading must skip."""
+    import email
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("text")
+    for path in sorted(Path(email.__file__).parent.glob("*.py"))[:20]:
+        shutil.copy(path, root / path.name)
+    (root / "nested" / "json").mkdir(parents=True)
+    for path in sorted(Path(json.__file__).parent.glob("*.py")):
+        shutil.copy(path, root / "nested" / "json" / path.name)
+    (root / ".hidden.py").write_text("never loaded\n")
+    return root
+
+
+@pytest.fixture
+def byzer(shell):
+    """Run a ``%%byzerllm`` cell as a user would; returns the cell's value, raises its UsageError."""
+    def run(cell: str, line: str = ""):
+        return shell.run_cell_magic("byzerllm", line, cell)
+    return run

@@ -71,9 +71,10 @@ def expand_paths(path: str) -> list[str]:
         elif os.path.isfile(match):
             files.append(match)
     if not files:
-        reason = "does not exist" if not matches else "holds no files"
-        raise ByzerError(f"no files to load: {path} {reason}" if not glob.has_magic(local)
-                         else f"no files match {path}")
+        if glob.has_magic(local):
+            raise ByzerError(f"no files match {path}")
+        reason = "holds no files" if os.path.isdir(local) else "does not exist"
+        raise ByzerError(f"no files to load: {path} {reason}")
     return [os.path.abspath(f) for f in dict.fromkeys(files)]
 
 
@@ -347,6 +348,9 @@ def repartition(ds: "ray.data.Dataset", n: int, cols: list[str] | None = None) -
         if ds.context.shuffle_strategy not in (ShuffleStrategy.HASH_SHUFFLE, ShuffleStrategy.SHUFFLE_V2):
             ds.context.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
         result = ds.repartition(n, keys=keys)
+        # An aggregator (an actor: a process) per CPU by default; more than partitions would idle.
+        cap = result.context.max_hash_shuffle_aggregators
+        result.context.max_hash_shuffle_aggregators = min(n, cap) if cap else n
     else:
         result = ds.repartition(n)
     _SCHEMAS[result] = schema
