@@ -26,7 +26,7 @@ def _all(text_files: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def loaded(ray_cluster, text_files):
     """(wholetext table of every file, per-line table of the top folder)."""
-    tables.configure_ray_data()
+    tables.configure_ray_data(single_machine=True)
     whole = tables.load_text(f"file://{text_files}/**/*.py", wholetext=True)
     lines = tables.load_text(str(text_files / "*.py"), wholetext=False)
     return whole, lines

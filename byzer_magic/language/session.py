@@ -284,5 +284,5 @@ def _default_connect() -> "ClusterInfo":
     from byzer_magic.runtime import cluster, tables  # noqa: PLC0415
 
     info = cluster.connect()
-    tables.configure_ray_data()
+    tables.configure_ray_data(single_machine=info.embedded)
     return info

@@ -104,7 +104,7 @@ class ByzerMagic(Magics):
             from byzer_magic.runtime import cluster, tables  # noqa: PLC0415
 
             info = cluster.connect(self.ray_address or None)
-            tables.configure_ray_data(self.progress_bars)
+            tables.configure_ray_data(self.progress_bars, single_machine=info.embedded)
             print(info.describe())
             self.cluster = info
         return self.cluster
@@ -127,7 +127,7 @@ class ByzerMagic(Magics):
         if self.cluster is not None:
             from byzer_magic.runtime import tables  # noqa: PLC0415
 
-            tables.configure_ray_data(change["new"])
+            tables.configure_ray_data(change["new"], single_machine=self.cluster.embedded)
 
 
 def _output_name(line: str) -> str | None:

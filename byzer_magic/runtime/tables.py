@@ -8,6 +8,7 @@ so that a misspelt column or a syntax error is reported at once, with its positi
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -45,11 +46,16 @@ class TableSummary(NamedTuple):
     head: "pd.DataFrame"
 
 
-def configure_ray_data(progress_bars: bool = False) -> None:
-    """Ray Data's progress bars and INFO logs on or off (they fill a notebook cell quickly)."""
+def configure_ray_data(progress_bars: bool = False, *, single_machine: bool = False) -> None:
+    """Ray Data's progress bars and logs on or off (they fill a notebook cell quickly; errors reach
+    the user as ByzerErrors anyway). ``single_machine`` (the embedded head): at most one hash-shuffle
+    aggregator per core, not one per logical CPU (the head advertises more CPUs than cores)."""
     import ray.data  # noqa: PLC0415
 
-    ray.data.DataContext.get_current().enable_progress_bars = progress_bars
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress_bars
+    if single_machine:
+        context.max_hash_shuffle_aggregators = os.cpu_count() or 1
     logging.getLogger("ray.data").setLevel(logging.INFO if progress_bars else logging.CRITICAL)
 
 
@@ -247,11 +253,10 @@ def _query_batch(batch: pa.Table, *, sql: str, table: str) -> pa.Table:
 def _materialised(sql: str, inputs: Mapping[str, "ray.data.Dataset"], schemas: Mapping[str, pa.Schema]):
     """Run the query once over whole tables, in a Ray task: the rows go to the object store and to
     that task, never through this process."""
-    import ray  # noqa: PLC0415
     import ray.data  # noqa: PLC0415
 
     refs = {name: ds.to_arrow_refs() for name, ds in inputs.items()}
-    table_ref = ray.remote(_query_tables).options(num_cpus=1).remote(sql, refs, dict(schemas))
+    table_ref = _remote_query_tables().remote(sql, refs, dict(schemas))
     try:
         return ray.data.from_arrow_refs([table_ref])
     except Exception as exc:
@@ -259,6 +264,13 @@ def _materialised(sql: str, inputs: Mapping[str, "ray.data.Dataset"], schemas: M
         if error is None:
             raise
         raise error from None
+
+
+@functools.cache
+def _remote_query_tables():
+    import ray  # noqa: PLC0415
+
+    return ray.remote(num_cpus=1)(_query_tables)
 
 
 def _query_tables(sql: str, refs: Mapping[str, list], schemas: Mapping[str, pa.Schema]) -> pa.Table:
