@@ -1,6 +1,9 @@
 """Bad `run command as LLM` statements fail in seconds with one located line, before any job starts."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from IPython.core.error import UsageError
 
@@ -10,7 +13,8 @@ from tests.support.tiny import make_tiny_llama_dir, train_sentencepiece
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
-    return make_tiny_llama_dir(root / "llama", train_sentencepiece(root / "tok"))
+    # Positions above the default max_length (1024), so that the pre-flight check lets the other checks speak.
+    return make_tiny_llama_dir(root / "llama", train_sentencepiece(root / "tok"), max_position_embeddings=2048)
 
 
 @pytest.fixture
@@ -80,6 +84,12 @@ def test_more_workers_than_the_cluster_holds(session, model_dir):
         session(_run(model_dir, "").replace("num_gpus=2", "num_gpus=500"))
 
 
+def test_max_length_above_the_models_positions_is_stopped_before_launch(session, tmp_path):
+    small = make_tiny_llama_dir(tmp_path / "small", train_sentencepiece(tmp_path / "tok"))  # 256 positions
+    with pytest.raises(UsageError, match="max_length 1024 is above the model's 256 positions"):
+        session(_run(small, ""))
+
+
 def test_missing_model_type(session, model_dir):
     with pytest.raises(UsageError, match="pretrainedModelType is required"):
         session(_run(model_dir, "").replace('and pretrainedModelType="sfft/llama2"', ""))
@@ -89,3 +99,10 @@ def test_nccl_interface_found_for_loopback():
     from byzer_magic.runtime.network import interface_for_ip
 
     assert interface_for_ip("127.0.0.1") == "lo"
+
+
+def test_dry_run_plans_without_training(session, model_dir, capsys):
+    plan = session(_run(model_dir, 'and dryRun="true" and `sfft.int.max_length`="64"'))
+    text = str(plan)
+    assert "tokens" in text.lower() and plan.workers == 2 and plan.max_length == 64
+    assert not (Path(os.environ["BYZER_MAGIC_JOBS"]) / "bad-job").exists()  # nothing was submitted

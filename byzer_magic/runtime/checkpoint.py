@@ -2,8 +2,10 @@
 
 DeepSpeed writes each checkpoint under a temporary tag; once every rank has finished (a barrier),
 rank 0 publishes it by renaming the folder and then replaces ``latest`` atomically. A crash at any
-point leaves ``latest`` naming the previous complete checkpoint. Paths must be on storage that all
-workers reach (the job folder).
+point leaves ``latest`` naming the previous complete checkpoint. Only complete checkpoints ever carry
+the name ``global_step<N>`` (old ones are renamed away before they are deleted), so when ``latest`` is
+missing or names a folder that is gone, the newest ``global_step<N>`` is the one to load. Paths must be
+on storage that all workers reach (the job folder). docs/RELIABILITY.md lists the faults tested.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import torch.distributed as dist
 
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^global_step(\d+)$")
+_TMP_PREFIX = ".tmp-"   # a save in progress (or one a crash interrupted)
+_DEL_PREFIX = ".del-"   # a checkpoint being deleted
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -35,32 +39,51 @@ def published_steps(ckpt_dir: Path) -> list[int]:
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:
+    """The checkpoint to load: the one ``latest`` names, else the newest complete one, else None."""
     path = ckpt_dir / LATEST
-    if not path.exists():
-        return None
-    tag = path.read_text().strip()
-    return tag if (ckpt_dir / tag).is_dir() else None
+    tag = path.read_text().strip() if path.exists() else ""
+    if tag and _STEP_DIR.match(tag) and (ckpt_dir / tag).is_dir():
+        return tag
+    steps = published_steps(ckpt_dir)
+    return f"global_step{steps[-1]}" if steps else None
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder: renamed first, so that a crash half-way never leaves a partial
+    folder under a ``global_step<N>`` name."""
+    doomed = path.with_name(_DEL_PREFIX + path.name)
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _remove_leftovers(ckpt_dir: Path) -> None:
+    """Folders of saves and deletions that a crash interrupted."""
+    for path in ckpt_dir.iterdir():
+        if path.name.startswith((_TMP_PREFIX, _DEL_PREFIX)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def save(engine, ckpt_dir: Path, step: int, client_state: dict, *, keep: int) -> Path:
     """Save a DeepSpeed checkpoint for ``step`` (a collective: every rank calls it)."""
     tag = f"global_step{step}"
-    tmp_tag = f".tmp-{tag}"
+    tmp_tag = _TMP_PREFIX + tag
     rank0 = dist.get_rank() == 0
     if rank0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+        _remove_leftovers(ckpt_dir)
     dist.barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
     dist.barrier()
     if rank0:
         final = ckpt_dir / tag
-        if final.exists():  # the same step saved again after a restart
-            shutil.rmtree(final)
+        if final.exists():  # the same step saved again (a resume with other settings)
+            _remove(final)
         os.replace(ckpt_dir / tmp_tag, final)
         _write_atomic(ckpt_dir / LATEST, tag)
         for old in published_steps(ckpt_dir)[:-keep]:
-            shutil.rmtree(ckpt_dir / f"global_step{old}", ignore_errors=True)
+            if old != step:
+                _remove(ckpt_dir / f"global_step{old}")
     dist.barrier()
     return ckpt_dir / tag
 

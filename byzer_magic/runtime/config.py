@@ -191,6 +191,16 @@ def resolve_ds_config(user: dict | str | None, *, on_gpu: bool, bf16_supported: 
         cfg["bf16"] = {"enabled": bool(bf16_supported)}
         if not bf16_supported:
             cfg["fp16"] = {"enabled": True}
+    if on_gpu:
+        user_cfg = parse_ds_config(user)
+        if "timers" not in user_cfg:  # DeepSpeed's throughput timer synchronises the GPU every step
+            cfg["timers"] = {"throughput": {"enabled": False}}
+        opt, zero = cfg.get("optimizer") or {}, cfg.get("zero_optimization") or {}
+        offloaded = (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
+        if opt.get("type", "").lower() in ("adam", "adamw") and not offloaded:
+            params = opt.setdefault("params", {})
+            if "torch_adam" not in params:  # torch's fused AdamW: no FusedAdam JIT build per machine
+                params.update(torch_adam=True, fused=True)
     sched = cfg.get("scheduler")
     if sched and total_steps:
         params = sched.setdefault("params", {})

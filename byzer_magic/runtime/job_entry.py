@@ -18,6 +18,7 @@ from byzer_magic.runtime import data
 from byzer_magic.runtime.config import resolve_ds_config
 from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.metrics import read_metrics
+from byzer_magic.runtime.plan import step_counts
 
 
 def _source_dataset(spec: dict):
@@ -52,8 +53,8 @@ def plan_job(spec: dict, *, cluster_gpus: float) -> dict:
     micro = int(user.get("train_micro_batch_size_per_gpu", 1))
     gas = int(user.get("gradient_accumulation_steps", 1))
     world = spec["num_workers"]
-    sequences = tokens // args["max_length"]
-    per_epoch = args["steps_per_epoch"] or max(0, sequences // world // (micro * gas))
+    sequences, per_epoch, _ = step_counts(tokens, args["max_length"], world, micro, gas,
+                                          args["steps_per_epoch"], args["epoches"])
     if per_epoch == 0:
         raise ByzerError(f"the input has {tokens} tokens ({sequences} sequences of {args['max_length']}): too few "
                          f"for {world} worker(s) x micro-batch {micro} x accumulation {gas}; add data or lower "

@@ -61,6 +61,21 @@ class JobHandle:
     def total_steps(self) -> int | None:
         return self.plan.get("total_steps")
 
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The complete checkpoint a resume would continue from (None: there is none yet)."""
+        from byzer_magic.runtime.checkpoint import latest_tag  # noqa: PLC0415
+
+        tag = latest_tag(self.checkpoint_dir)
+        return self.checkpoint_dir / tag if tag else None
+
+    def ray_job_id(self) -> str | None:
+        """Ray's id of the running attempt's driver (what its actors are filed under), if Ray knows it."""
+        try:
+            return _client().get_job_info(self.submission_id).job_id
+        except Exception:
+            return None
+
     def _ray_status(self) -> str | None:
         try:
             return str(_client().get_job_status(self.submission_id).value)
@@ -104,12 +119,23 @@ class JobHandle:
         return "\n".join(text.splitlines()[-tail:]) if tail else text
 
     def stop(self, timeout: float = 60) -> str:
-        """Stop the job and its workers; checkpoints stay. Returns the status once it has ended."""
+        """Stop the job and its workers; checkpoints stay. Returns the status once it has ended and
+        Ray has freed its actors and placement groups (or ``timeout`` seconds have passed)."""
+        from byzer_magic.runtime import cleanup  # noqa: PLC0415
+
+        deadline = time.time() + timeout
+        ray_job_id = self.ray_job_id()
         try:
             _client().stop_job(self.submission_id)
         except Exception:
             return self.status()
-        return self.wait(timeout=timeout, poll=0.5)
+        status = self.wait(timeout=timeout, poll=0.5)
+        if ray_job_id and status in TERMINAL:
+            try:
+                cleanup.wait_released(ray_job_id, timeout=max(5.0, deadline - time.time()))
+            except Exception:  # the state API is a check, never a reason for stop to fail
+                pass
+        return status
 
     def result(self) -> dict:
         """The run's row (outputTable): name, status, model_dir, checkpoint_dir, tensorboard_dir, steps,

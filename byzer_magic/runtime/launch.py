@@ -24,7 +24,7 @@ from byzer_magic.runtime.home import default_jobs_dir
 from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.jobs import METADATA_KEY, JobHandle
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: `$` would let a final newline in
 
 
 def default_name() -> str:
@@ -33,7 +33,7 @@ def default_name() -> str:
 
 def job_dir_for(name: str, prefix: str | None) -> Path:
     """``<prefix>/<name>``, refusing names that would escape the prefix or reach a shell."""
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise ByzerError(f"invalid job name {name!r}: use letters, digits, '.', '_' and '-' "
                          f"(starting with a letter or digit)")
     root = Path(prefix).expanduser() if prefix else default_jobs_dir()
@@ -106,12 +106,21 @@ class DeepSpeedTrain:
                     raise ByzerError(f"modelConfig: unknown key {key!r}{did_you_mean(key, valid)}; "
                                      f"valid: {', '.join(sorted(valid))}")
 
-    def plan(self):
+    def plan(self, measure: bool | None = None):
         """What the run will cost (tokens, steps, memory, advice) without training: see docs/PLAN.md."""
         from byzer_magic.runtime.plan import plan_run  # noqa: PLC0415
 
         cluster.connect(self.ray_address)
-        return plan_run(self.config)
+        return plan_run(self.config, measure=measure)
+
+    def _preflight(self) -> list[str]:
+        """Stop, in seconds, what cannot work (memory, positions); a config predicted much slower than one
+        that fits is a warning, and the run goes on (the user decides)."""
+        from byzer_magic.runtime.plan import check_launchable, plan_run  # noqa: PLC0415
+
+        plan = plan_run(self.config, measure=False, count=False)
+        check_launchable(plan)
+        return [plan.warning] if plan.warning else []
 
     # -- the job --------------------------------------------------------------------------------
     def submit(self) -> JobHandle:
@@ -137,6 +146,7 @@ class DeepSpeedTrain:
         elif not glob.glob(os.path.expanduser(args.data_dir.removeprefix("file://")), recursive=True):
             raise ByzerError(f"localDataDir {args.data_dir} does not exist")
 
+        plan_notes = self._preflight()
         job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             if cfg.input_table is not None:
@@ -159,7 +169,8 @@ class DeepSpeedTrain:
                 "keep_partition_num": cfg.keep_partition_num,
                 "setup_nccl_socket_ifname_by_ip": cfg.setup_nccl_socket_ifname_by_ip,
                 "gradient_checkpointing": cfg.gradient_checkpointing,
-                "ds_config": parse_ds_config(cfg.ds_config), "train_args": asdict(args), "notes": notes,
+                "ds_config": parse_ds_config(cfg.ds_config), "train_args": asdict(args),
+                "notes": notes + plan_notes,
                 "cluster": info.address,
             }
             files.write_json("job.json", spec)

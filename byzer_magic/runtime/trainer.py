@@ -110,7 +110,7 @@ def train_loop(plan: dict) -> None:
             if not have.item():
                 break  # some worker ran out of data: the epoch ends for all
             for micro in window:
-                ids = last_ids = torch.from_numpy(micro).to(device)
+                ids = last_ids = _to_device(micro, device)
                 loss = speed.causal_lm_loss(engine, ids)
                 engine.backward(loss)
                 engine.step()
@@ -165,6 +165,11 @@ def _record_final_eval(engine, ids, job_dir: Path, rank: int) -> None:
 
         np.save(job_dir / "final_batch.npy", ids.cpu().numpy())
         JobFiles(job_dir).write_json("final_eval.json", {"loss": loss, "batch": "final_batch.npy"})
+
+
+def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    ids = torch.from_numpy(batch)
+    return ids.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else ids.to(device)
 
 
 def _float(value) -> float | None:
