@@ -62,11 +62,11 @@ def use_auth_env() -> None:
     ray._raylet.Config.initialize("")
 
 
-def _alive(dashboard_url: str) -> bool:
+def _alive(dashboard_url: str, timeout: float = 3) -> bool:
     request = urllib.request.Request(f"{dashboard_url}/api/version",
                                      headers={"Authorization": f"Bearer {_token_path().read_text().strip()}"})
     try:
-        with urllib.request.urlopen(request, timeout=3) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             return r.status == 200
     except Exception:
         return False
@@ -102,11 +102,6 @@ def _head_env() -> dict[str, str]:
     env.setdefault("TORCH_EXTENSIONS_DIR", str(state_dir() / "torch_extensions"))
     env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     env.setdefault("NCCL_NVLS_ENABLE", "0")
-    # Ray turns --node-ip-address=127.0.0.1 into the machine's routable address (its GCS, raylet and
-    # object manager then listen there) unless it is told this is a single-machine cluster.
-    env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # A busy machine can take longer than Ray's 60 s to bring the dashboard (the Jobs API) up.
-    env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "240")
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -128,8 +123,12 @@ def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> Clust
     log = state_dir() / "ray_head.log"
     for attempt in range(3):
         with open(log, "wb") as out:
-            proc = subprocess.run(cmd, env=_head_env(), stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True, timeout=timeout)
+            try:
+                proc = subprocess.run(cmd, env=_head_env(), stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True, timeout=timeout)
+            except subprocess.TimeoutExpired:  # `ray start` was killed; the services it started were not
+                proc = subprocess.CompletedProcess(cmd, returncode=-9)
+                out.write(f"\n`ray start` timed out after {timeout:g} s\n".encode())
         # Ray gives its raylet and dashboard fixed windows (~30 s) to come up: a machine busy with other
         # work can miss them. Clear what the failed start left and try again.
         if proc.returncode == 0:
@@ -168,14 +167,31 @@ def recorded_head() -> ClusterInfo | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    data.pop("temp_dir", None)
+    temp_dir = data.pop("temp_dir", None)
     info = ClusterInfo(**{**data, "started": False})
-    return info if _alive(info.dashboard_url) else None
+    if _alive(info.dashboard_url):
+        return info
+    # A dashboard slow to answer on a busy machine is not a dead head: while the head's GCS process
+    # lives, ask again with more patience rather than start a second head beside it.
+    for timeout in (10, 20, 30):
+        if not (temp_dir and _processes_under(temp_dir, "gcs_server")):
+            return None
+        if _alive(info.dashboard_url, timeout=timeout):
+            return info
+    return None
 
 
 def head_was_lost() -> bool:
     """True when a head was recorded but no longer answers (it died or the machine restarted)."""
     return (state_dir() / HEAD_FILE).exists() and recorded_head() is None
+
+
+def _recorded_address() -> str | None:
+    path = state_dir() / HEAD_FILE
+    try:
+        return json.loads(path.read_text()).get("address")
+    except (OSError, ValueError):
+        return None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> ClusterInfo:
@@ -194,9 +210,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> ClusterI
     use_auth_env()
     info = recorded_head()
     if info is None:
+        lost = _recorded_address()  # a head was recorded but no longer answers
         if ray.is_initialized():
             ray.shutdown()
         info = start_local_head(num_cpus=num_cpus)
+        if lost:
+            print(f"the embedded Ray head at {lost} had stopped; started a new one at {info.address}. "
+                  f"Jobs that were running on it are LOST; each continues from its last checkpoint "
+                  f"with %byzerllm resume NAME.", flush=True)
     if not ray.is_initialized():
         ray.init(address=info.address, logging_level="ERROR", log_to_driver=False)
     return info
@@ -217,18 +238,28 @@ def stop_local_head() -> None:
         _kill_processes_under(temp_dir)
 
 
+def _processes_under(temp_dir: str, program: str = "") -> list:
+    """The live processes of the head whose session lives in ``temp_dir`` (only ``program``'s, if given)."""
+    import psutil  # noqa: PLC0415
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "name"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if any(temp_dir in part for part in cmdline) and (
+                    not program or program in (proc.info["name"] or "") or any(program in c for c in cmdline[:1])):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 def _kill_processes_under(temp_dir: str, grace: float = 10) -> None:
     """End the processes of the head whose session lives in ``temp_dir`` (``ray stop`` would end
     every Ray on the machine, other users' and other heads' too)."""
     import psutil  # noqa: PLC0415
 
-    ours = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in part for part in proc.info["cmdline"] or []):
-                ours.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    ours = _processes_under(temp_dir)
     for proc in ours:
         try:
             proc.terminate()
