@@ -32,14 +32,24 @@ class Leftovers:
         return "; ".join(parts) or "nothing"
 
 
+def _state_address() -> str:
+    # The dashboard's URL, always: without an address Ray's state API looks for "the" Ray instance on
+    # this machine, and fails when there are several (other users', other heads).
+    from byzer_magic.runtime import cluster  # noqa: PLC0415
+
+    return cluster.connect().dashboard_url
+
+
 def leftovers(ray_job_id: str) -> Leftovers:
     """The non-detached actors still alive and the placement groups not removed of Ray job
     ``ray_job_id`` (the driver's job id, ``JobDetails.job_id``; not the submission id)."""
     from ray.util.state import list_actors, list_placement_groups  # noqa: PLC0415
 
-    actors = list_actors(filters=[("job_id", "=", ray_job_id), ("state", "!=", "DEAD")], detail=True,
-                         limit=10_000, raise_on_missing_output=False)
-    groups = list_placement_groups(filters=[("creator_job_id", "=", ray_job_id), ("state", "!=", "REMOVED")],
+    address = _state_address()
+    actors = list_actors(address=address, filters=[("job_id", "=", ray_job_id), ("state", "!=", "DEAD")],
+                         detail=True, limit=10_000, raise_on_missing_output=False)
+    groups = list_placement_groups(address=address, filters=[("creator_job_id", "=", ray_job_id),
+                                                             ("state", "!=", "REMOVED")],
                                    detail=True, limit=10_000, raise_on_missing_output=False)
     return Leftovers(actors=[f"{a.class_name}(pid={a.pid})" for a in actors if not a.is_detached],
                      placement_groups=[g.placement_group_id for g in groups if not g.is_detached])
@@ -60,6 +70,6 @@ def detached_helpers() -> Counter:
     """Alive detached actors by class name, all jobs together (each should be 1: a per-cluster helper)."""
     from ray.util.state import list_actors  # noqa: PLC0415
 
-    alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000,
-                        raise_on_missing_output=False)
+    alive = list_actors(address=_state_address(), filters=[("state", "=", "ALIVE")], detail=True,
+                        limit=10_000, raise_on_missing_output=False)
     return Counter(a.class_name for a in alive if a.is_detached)
