@@ -1,6 +1,8 @@
 """Bad cells: each gives one ByzerError naming the statement, line and column, in plain words."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -168,4 +170,7 @@ def test_any_text_parses_or_fails_with_a_located_message(pieces):
         parse_cell(" ".join(pieces))
     except ByzerError as error:
         assert error.line is not None and error.column is not None
-        assert len(str(error).splitlines()) <= 3 and "_" not in error.message.split(",")[0].replace("!byzerllm", "")
+        assert len(str(error).splitlines()) <= 3
+        # No grammar-internal names (SETUP_ARG, __ANON_0) in what the user reads; quoted examples of what
+        # is valid ("num_gpus=24") are the user's own vocabulary and may hold underscores.
+        assert "_" not in re.sub(r'"[^"]*"|`[^`]*`', "", error.message.split(",")[0])
