@@ -4,6 +4,7 @@ API training a Baichuan from scratch under ZeRO-3. Tiny models, a tokenizer trai
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -97,6 +98,10 @@ and `sfft.bool.setup_nccl_socket_ifname_by_ip`="true"
     assert sorted(p.name for p in job.checkpoint_dir.glob("global_step*")) == ["global_step10", "global_step12"]
     _export_reproduces_final_loss(job.model_dir)
     assert any(job.tensorboard_dir.iterdir())
+    # The job's log has each step's line once (Ray Train's print patch would tee it a second time).
+    assert re.findall(r"\] step (\d+)/12 ", job.logs()) == [str(step) for step in range(1, 13)]
+    workers = job.workers()  # where each rank ran, as it recorded itself
+    assert sorted(workers) == [0, 1] and all(w["submission_id"] == job.submission_id for w in workers.values())
     row = byzer("select name, status, steps, final_loss from llama2_cn as r;")
     assert row.iloc[0]["status"] == "SUCCEEDED" and row.iloc[0]["steps"] == 12
 

@@ -278,6 +278,21 @@ def test_jupyter_base_url(tmp_path, monkeypatch):
     assert frame_url(7000, environ={"JPY_PARENT_PID": "4242"}, server_proxy=True) == "/lab-base/proxy/7000/"
 
 
+def test_tensorboard_frame_waits_for_the_first_events(tmp_path):
+    """Opened before the job wrote anything, TensorBoard's page would say "No dashboards are active"
+    for good: the frame comes once the server has scalars."""
+    job_dir = tmp_path / "queued"
+    frame = tensorboard_frame(job_dir / "tensorboard")
+    try:
+        assert wait_for(lambda: "waiting for the job's first TensorBoard events" in frame.message.value, 60)
+        assert frame.frame.value == "" and frame.url
+        log_steps(job_dir, 1, 3)
+        assert frame.wait(120) and 'class="byzer-tensorboard"' in frame.frame.value
+        assert "waiting" not in frame.message.value and tensorboard.has_scalars(frame.result.info.port)
+    finally:
+        tensorboard.stop(job_dir / "tensorboard")
+
+
 def test_tensorboard_frame(job, monkeypatch):
     monkeypatch.delenv("TENSORBOARD_PROXY_URL", raising=False)
     frame = tensorboard_frame(job.tensorboard_dir, proxy_url="https://hub.example/proxy/%PORT%/")

@@ -58,10 +58,12 @@ def _remove(path: Path) -> None:
 
 
 def _remove_leftovers(ckpt_dir: Path) -> None:
-    """Folders of saves and deletions that a crash interrupted."""
+    """Folders of saves and deletions, and ``latest`` files, that a crash interrupted."""
     for path in ckpt_dir.iterdir():
         if path.name.startswith((_TMP_PREFIX, _DEL_PREFIX)) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(f".{LATEST}.tmp-"):
+            path.unlink(missing_ok=True)
 
 
 def save(engine, ckpt_dir: Path, step: int, client_state: dict, *, keep: int) -> Path:

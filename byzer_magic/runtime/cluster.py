@@ -7,6 +7,7 @@ and the token's path. Because the head is its own process session, detached jobs
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -62,6 +64,18 @@ def use_auth_env() -> None:
     ray._raylet.Config.initialize("")
 
 
+def _dial(address: str) -> None:
+    """Make this process reach the head at ``address`` where it is. Ray replaces a 127.0.0.1 node
+    address by the machine's routable one unless told the cluster is one machine: the head we start is
+    told so (it then listens on the loopback only), and so must be its clients, or they dial the GCS at
+    the routable address. A head started by an older version listens on the routable address."""
+    import ray._private.ray_constants  # noqa: PLC0415
+
+    loopback = address.startswith("127.0.0.1:")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0" if loopback else "1"
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = not loopback  # read from that variable at import
+
+
 def _alive(dashboard_url: str, timeout: float = 3) -> bool:
     request = urllib.request.Request(f"{dashboard_url}/api/version",
                                      headers={"Authorization": f"Bearer {_token_path().read_text().strip()}"})
@@ -102,6 +116,7 @@ def _head_env() -> dict[str, str]:
     env.setdefault("TORCH_EXTENSIONS_DIR", str(state_dir() / "torch_extensions"))
     env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     env.setdefault("NCCL_NVLS_ENABLE", "0")
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # see _dial: the head listens on the loopback only
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -111,7 +126,8 @@ def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> Clust
     temp_dir = _temp_dir()
     temp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ray_bin = Path(sys.executable).with_name("ray")
-    cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port=0",
+    gcs_port = _free_port()
+    cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", f"--port={gcs_port}",
            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--dashboard-port=0",
            f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus or default_num_cpus()}",
            "--disable-usage-stats", "--include-dashboard=true"]
@@ -120,11 +136,15 @@ def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> Clust
     for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
                  "runtime-env-agent-port", "ray-client-server-port"):
         cmd.append(f"--{flag}={_free_port()}")
+    env = _head_env()
+    # Code running on the head (Ray Train's placement-group cleaner, for one) finds "its" cluster by
+    # RAY_ADDRESS, else by looking for GCS processes on the machine, and gives up when there are several.
+    env["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
     log = state_dir() / "ray_head.log"
     for attempt in range(3):
         with open(log, "wb") as out:
             try:
-                proc = subprocess.run(cmd, env=_head_env(), stdout=out, stderr=subprocess.STDOUT,
+                proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                       start_new_session=True, timeout=timeout)
             except subprocess.TimeoutExpired:  # `ray start` was killed; the services it started were not
                 proc = subprocess.CompletedProcess(cmd, returncode=-9)
@@ -156,6 +176,7 @@ def _dashboard_url(address: str) -> str:
     import ray  # noqa: PLC0415
 
     if not ray.is_initialized():
+        _dial(address)
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     url = get_webui_url_from_internal_kv() or ""
     return url if url.startswith("http") else f"http://{url}"
@@ -208,19 +229,39 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> ClusterI
         return ClusterInfo(address=address, dashboard_url=url if url.startswith("http") else f"http://{url}",
                            embedded=False)
     use_auth_env()
-    info = recorded_head()
-    if info is None:
-        lost = _recorded_address()  # a head was recorded but no longer answers
-        if ray.is_initialized():
-            ray.shutdown()
-        info = start_local_head(num_cpus=num_cpus)
-        if lost:
-            print(f"the embedded Ray head at {lost} had stopped; started a new one at {info.address}. "
-                  f"Jobs that were running on it are LOST; each continues from its last checkpoint "
-                  f"with %byzerllm resume NAME.", flush=True)
-    if not ray.is_initialized():
-        ray.init(address=info.address, logging_level="ERROR", log_to_driver=False)
+    with _CONNECTING:  # threads of one process (a monitor's poll and a cell) connect one at a time
+        info = recorded_head()
+        if info is None:
+            with _head_lock():  # processes too: two kernels finding no head start one between them
+                info = recorded_head()
+                if info is None:
+                    lost = _recorded_address()  # a head was recorded but no longer answers
+                    if ray.is_initialized():
+                        ray.shutdown()
+                    info = start_local_head(num_cpus=num_cpus)
+                    if lost:
+                        print(f"the embedded Ray head at {lost} had stopped; started a new one at "
+                              f"{info.address}. Jobs that were running on it are LOST; each continues from "
+                              f"its last checkpoint with %byzerllm resume NAME.", flush=True)
+        if not ray.is_initialized():
+            _dial(info.address)
+            ray.init(address=info.address, logging_level="ERROR", log_to_driver=False)
     return info
+
+
+_CONNECTING = threading.RLock()
+
+
+@contextlib.contextmanager
+def _head_lock():
+    import fcntl  # noqa: PLC0415
+
+    with open(state_dir() / "ray_head.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def stop_local_head() -> None:

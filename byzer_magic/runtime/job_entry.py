@@ -81,6 +81,9 @@ def run(job_dir: str) -> int:
 
     files = JobFiles(job_dir)
     spec = files.read_json("job.json")
+    if spec is None:
+        print(f"error: no job.json in {job_dir}: not a byzer-magic job folder", file=sys.stderr, flush=True)
+        return 2
     started = time.time()
     result = {"name": spec["name"], "submission_id": spec["submission_id"], "status": "FAILED", "steps": 0, "final_loss": None,
               "model_dir": str(files.model_dir), "checkpoint_dir": str(checkpoint_dir_of(spec)),
@@ -111,11 +114,29 @@ def run(job_dir: str) -> int:
         return 1
     except Exception as err:  # the job failed: keep the reason where the notebook finds it
         result["error"] = f"{type(err).__name__}: {err}"
+        if _head_gone():  # not the job's fault: it is resumable like any job its head lost
+            result["status"] = "LOST"
         traceback.print_exc()
         return 1
     finally:
         result["seconds"] = round(time.time() - started, 1)
         files.write_json("result.json", result)
+
+
+def _head_gone() -> bool:
+    """True when the head this driver is connected to no longer accepts connections on its GCS port."""
+    import socket  # noqa: PLC0415
+
+    import ray  # noqa: PLC0415
+
+    if not ray.is_initialized():
+        return False
+    try:
+        host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=3).close()
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 if __name__ == "__main__":

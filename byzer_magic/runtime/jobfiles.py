@@ -19,6 +19,7 @@ class JobFiles:
     tensorboard_dir = property(lambda self: self.root / "tensorboard")
     ray_train_dir = property(lambda self: self.root / "ray_train")
     metrics_file = property(lambda self: self.root / "metrics.jsonl")
+    workers_dir = property(lambda self: self.root / "workers")
 
     def read_json(self, name: str) -> dict | None:
         path = self.root / name
@@ -29,6 +30,6 @@ class JobFiles:
 
     def write_json(self, name: str, value: dict) -> None:
         path = self.root / name
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(value, indent=2, default=str))
         os.replace(tmp, path)

@@ -69,6 +69,16 @@ class JobHandle:
         tag = latest_tag(self.checkpoint_dir)
         return self.checkpoint_dir / tag if tag else None
 
+    def workers(self) -> dict[int, dict]:
+        """``{rank: {"host", "pid", "started", ...}}`` of the current attempt's worker group, as each
+        worker recorded itself when it started (a restarted group replaces the records)."""
+        found = {}
+        for path in sorted(self.files.workers_dir.glob("rank-*.json")):
+            record = self.files.read_json(f"workers/{path.name}")
+            if record and record.get("submission_id") == self.submission_id:
+                found[int(record["rank"])] = record
+        return found
+
     def ray_job_id(self) -> str | None:
         """Ray's id of the running attempt's driver (what its actors are filed under), if Ray knows it."""
         try:

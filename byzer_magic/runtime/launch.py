@@ -204,6 +204,8 @@ def _submit_ray_job(spec: dict, info: cluster.ClusterInfo) -> None:
     python = sys.executable if info.embedded else "python"
     env = {k: v for k, v in os.environ.items() if k.startswith(("TORCH_EXTENSIONS_DIR", "NCCL_", "HF_"))}
     env.setdefault("NCCL_NVLS_ENABLE", "0")
+    # Ray Train's workers tee print() into its logger, which writes it again: each line twice in the log.
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     client = JobSubmissionClient(info.dashboard_url)
     deadline = time.time() + 90
     while True:

@@ -214,6 +214,16 @@ def _answers(port: int, logdir: str) -> bool:
         return False
 
 
+def has_scalars(port: int) -> bool:
+    """True once the server on ``port`` has read scalars. TensorBoard's page, opened before that,
+    says "No dashboards are active" and never looks again."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=2) as response:
+            return bool(json.load(response).get("scalars", {}).get("enabled"))
+    except (OSError, ValueError):
+        return False
+
+
 def _alive(info: ServerInfo) -> bool:
     try:
         os.kill(info.pid, 0)

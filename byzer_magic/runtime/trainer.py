@@ -59,6 +59,18 @@ class _Batches:
         return out if len(out) == n else None
 
 
+def _record_worker(plan: dict, rank: int) -> None:
+    """``workers/rank-<r>.json``: where this attempt's rank runs (``JobHandle.workers()``)."""
+    import socket  # noqa: PLC0415
+
+    from byzer_magic.runtime.jobfiles import JobFiles  # noqa: PLC0415
+
+    files = JobFiles(plan["job_dir"])
+    files.workers_dir.mkdir(exist_ok=True)
+    files.write_json(f"workers/rank-{rank}.json", {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
+                                                   "submission_id": plan["submission_id"], "started": time.time()})
+
+
 def train_loop(plan: dict) -> None:
     import deepspeed  # noqa: PLC0415
     import ray.train  # noqa: PLC0415
@@ -67,6 +79,7 @@ def train_loop(plan: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     args = plan["train_args"]
     _title(rank, plan["name"])
+    _record_worker(plan, rank)
     if plan["setup_nccl_socket_ifname_by_ip"]:
         set_nccl_socket_ifname()
     torch.manual_seed(args["seed"])

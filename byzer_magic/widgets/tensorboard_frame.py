@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -72,8 +73,10 @@ def _running_servers() -> list[dict]:
 
 
 class TensorBoardFrame(widgets.VBox):
-    """A message ("Launching TensorBoard…", then what happened) and the iframe once the server answers.
-    The server starts in a thread, so that the cell returns at once; ``wait()`` blocks until done."""
+    """A message ("Launching TensorBoard…", then what happened) and the iframe once the server answers
+    and has scalars to show. The server starts in a thread, so that the cell returns at once;
+    ``wait()`` blocks until the frame is shown or the start failed (``background=False``: the
+    constructor does)."""
 
     def __init__(self, logdir: str | os.PathLike, *, keep: bool = False, proxy_url: str | None = None,
                  height: int = 640, background: bool = True):
@@ -92,8 +95,21 @@ class TensorBoardFrame(widgets.VBox):
         else:
             self._start()
 
+    def _when_scalars(self, info: tensorboard.ServerInfo, link: str) -> None:
+        """Return once the server has scalars to show (a job not yet running has written none); the
+        frame is shown only then, since TensorBoard's page does not notice data that comes later."""
+        delay = 0.5
+        while not tensorboard.has_scalars(info.port):
+            if tensorboard.find(info.logdir) is None:
+                raise RuntimeError(f"the TensorBoard server for {info.logdir} has stopped")
+            self.message.value = (f"{html.escape(self.result.message)} · waiting for the job's first "
+                                  f"TensorBoard events · {link}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 5.0)
+        self.message.value = f"{html.escape(self.result.message)} · {link}"
+
     def wait(self, timeout: float | None = None) -> tensorboard.StartResult | None:
-        """The start's result, once the server answered or failed (None if still starting)."""
+        """The start's result, once the frame is shown or the start failed (None if still starting)."""
         self._done.wait(timeout)
         return self.result
 
@@ -102,8 +118,9 @@ class TensorBoardFrame(widgets.VBox):
             self.result = tensorboard.start(self.logdir, keep=self.keep)
             if isinstance(self.result, (tensorboard.Launched, tensorboard.Reused)):
                 self.url = frame_url(self.result.info.port, self.proxy_url)
-                self.message.value = (f"{html.escape(self.result.message)} · "
-                                      f'<a href="{html.escape(self.url)}" target="_blank">open in a new tab</a>')
+                link = f'<a href="{html.escape(self.url)}" target="_blank">open in a new tab</a>'
+                self.message.value = f"{html.escape(self.result.message)} · {link}"
+                self._when_scalars(self.result.info, link)
                 self.frame.value = (f'<iframe class="byzer-tensorboard" src="{html.escape(self.url)}" '
                                     f'width="100%" height="{self.height}" frameborder="0"></iframe>')
             else:

@@ -91,6 +91,11 @@ def start_jupyterlab(root_dir: str | os.PathLike, *, timeout: float = 90,
     # No "would you like news?" toast over the page (and no network access attempted).
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # Every cell rendered, also off screen: JupyterLab's default skips rendering those (their text reads
+    # as empty) and a long notebook's outputs would depend on where the page is scrolled.
+    notebook_settings = state / "settings" / "@jupyterlab" / "notebook-extension"
+    notebook_settings.mkdir(parents=True)
+    (notebook_settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     full_env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
                 "JUPYTER_CONFIG_DIR": str(state / "config"), **(env or {})}
     full_env.pop("JUPYTERHUB_SERVICE_PREFIX", None)
@@ -172,15 +177,22 @@ def wait_kernel_idle(page, *, timeout: float = 120) -> None:
 def run_all_cells(page, *, wait: bool = True, timeout: float = 120) -> None:
     """Run every cell of the current notebook (JupyterLab's own command), then wait until the kernel
     is idle and every cell has its execution count."""
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # Not awaited in the page: the command's promise settles only when the last cell has run.
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     if wait:
-        page.wait_for_function(
-            """() => {
-                const panel = window.jupyterapp.shell.currentWidget;
-                const cells = panel.content.widgets.filter(c => c.model.type === 'code');
-                return panel.sessionContext.session.kernel.status === 'idle'
-                       && cells.every(c => c.model.executionCount !== null);
-            }""", timeout=timeout * 1000, polling=250)
+        wait_all_cells_ran(page, timeout=timeout)
+
+
+def wait_all_cells_ran(page, *, timeout: float = 120) -> None:
+    """Until the kernel is idle and every code cell has its execution count (the kernel flickers to
+    idle between queued cells: the counts say when the last one has run)."""
+    page.wait_for_function(
+        """() => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            const cells = panel.content.widgets.filter(c => c.model.type === 'code');
+            return panel.sessionContext.session.kernel.status === 'idle'
+                   && cells.every(c => c.model.executionCount !== null);
+        }""", timeout=timeout * 1000, polling=250)
 
 
 def cell_outputs_text(page) -> list[str]:
