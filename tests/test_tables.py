@@ -100,6 +100,10 @@ def test_projection_and_filter_run_batchwise(loaded):
     src = whole.to_pandas()
     assert sorted(df["file"]) == sorted(src.loc[src["value"].str.len() > 2000, "file"])
     assert (df["n"] == df["text"].str.len()).all()
+    # Spark SQL's back-quoted identifiers, as Byzer users write them, mean the same to DuckDB.
+    quoted = tables.run_sql("select `value` as `text`, `file` from `trainData` where length(`value`) > 2000",
+                            {"trainData": whole}).to_pandas()
+    assert sorted(quoted["file"]) == sorted(df["file"]) and list(quoted.columns) == ["text", "file"]
 
 
 def test_concat_group_join_union(loaded, text_files):
