@@ -94,6 +94,23 @@ def test_padding_mask_matches_llama(baichuan):
     torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
+def test_generate_with_the_kv_cache_matches_llama(baichuan):
+    """``generate()`` (our KV cache) gives the greedy tokens of transformers' Llama with the same
+    weights, the same without the cache, and a left-padded row the tokens it gets alone."""
+    llama = llama_twin(baichuan)
+    ids, mask = batch(t=12), torch.ones(2, 12, dtype=torch.long)
+    ids[1, :5], mask[1, :5] = 0, 0  # left padding, as batched generation uses
+    for model in (baichuan, llama):
+        model.generation_config.eos_token_id = None  # always 10 new tokens
+    greedy = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        ours = baichuan.generate(ids, attention_mask=mask, **greedy)
+        assert ours.shape == (2, 22)
+        assert torch.equal(ours, llama.generate(ids, attention_mask=mask, **greedy))
+        assert torch.equal(ours, baichuan.generate(ids, attention_mask=mask, use_cache=False, **greedy))
+        assert torch.equal(ours[1, 5:], baichuan.generate(ids[1:, 5:], **greedy)[0])
+
+
 def test_save_and_open_with_auto_class(baichuan, tmp_path):
     baichuan.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()

@@ -2,16 +2,21 @@
 
 Module names match Baichuan's own checkpoints (``model.layers.N.self_attn.W_pack`` ...), so a
 Baichuan-7B folder loads into this class and a folder we save opens with Baichuan's code too.
-Attention is torch's SDPA; there is no KV cache (this class is for pretraining, not serving).
+Attention is torch's SDPA. ``generate()`` works, with transformers' KV cache (``DynamicCache``), so an
+exported model can be tried at once; serving at scale is another tool's job.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers 5 calls the KV cache ``cache`` (in and out); 4.x called it ``past_key_values``.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class BaiChuanConfig(PretrainedConfig):
@@ -81,21 +86,24 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class BaiChuanAttention(nn.Module):
-    def __init__(self, config: BaiChuanConfig):
+    def __init__(self, config: BaiChuanConfig, layer_idx: int = 0):
         super().__init__()
+        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.W_pack = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | None, cache=None) -> torch.Tensor:
         b, t, _ = x.shape
         # W_pack's rows are [q; k; v], each hidden_size long (Baichuan's checkpoint layout).
         q, k, v = self.W_pack(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        if cache is not None:  # the keys and values of the earlier positions, with this call's appended
+            k, v = cache.update(k, v, self.layer_idx)
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -116,16 +124,16 @@ class BaiChuanMLP(nn.Module):
 
 
 class BaiChuanDecoderLayer(nn.Module):
-    def __init__(self, config: BaiChuanConfig):
+    def __init__(self, config: BaiChuanConfig, layer_idx: int = 0):
         super().__init__()
-        self.self_attn = BaiChuanAttention(config)
+        self.self_attn = BaiChuanAttention(config, layer_idx)
         self.mlp = BaiChuanMLP(config)
         self.input_layernorm = BaiChuanRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = BaiChuanRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+                mask: torch.Tensor | None, cache=None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -147,21 +155,27 @@ class BaiChuanPreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.weight)
 
 
-def _attention_mask(attention_mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
-    """A boolean (batch, 1, t, t) mask for SDPA, or None when every token is real (then SDPA's fast causal path)."""
-    if attention_mask is None or bool(attention_mask.all()):
+def _attention_mask(attention_mask: torch.Tensor | None, t: int, past: int = 0,
+                    device: torch.device | None = None) -> torch.Tensor | None:
+    """A boolean (batch, 1, t, past + t) mask for SDPA: query i (at position past + i) sees the keys up
+    to its own position that ``attention_mask`` does not mark as padding. None when there is no cache
+    and every token is real (then SDPA's fast causal path)."""
+    if past == 0 and (attention_mask is None or bool(attention_mask.all())):
         return None
-    causal = torch.ones(t, t, dtype=torch.bool, device=attention_mask.device).tril()
-    mask = causal & attention_mask.bool()[:, None, None, :]
+    position = torch.arange(t, device=device)[:, None] + past
+    key = torch.arange(past + t, device=device)[None, :]
+    mask = (key <= position)[None, None]
+    if attention_mask is not None:
+        mask = mask & attention_mask.bool()[:, None, None, :]
     # A padded query with no visible key would give NaN rows; let it see itself (its output is ignored).
-    return mask | torch.eye(t, dtype=torch.bool, device=attention_mask.device)
+    return mask | (key == position)[None, None]
 
 
 class BaiChuanModel(BaiChuanPreTrainedModel):
     def __init__(self, config: BaiChuanConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList(BaiChuanDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(BaiChuanDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = BaiChuanRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False  # flipped by gradient_checkpointing_enable()
         self.post_init()
@@ -173,25 +187,29 @@ class BaiChuanModel(BaiChuanPreTrainedModel):
         self.embed_tokens = value
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None) -> torch.Tensor:
+                position_ids: torch.LongTensor | None = None, cache=None) -> torch.Tensor:
+        """The last hidden states; ``cache`` (a transformers ``Cache``) holds the earlier positions' keys
+        and values and receives this call's."""
         b, t = input_ids.shape
         h = self.embed_tokens(input_ids)
+        past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(t, device=input_ids.device).unsqueeze(0)
+            position_ids = torch.arange(past, past + t, device=input_ids.device).unsqueeze(0)
         cfg = self.config
         cos, sin = rotary_cos_sin(position_ids, cfg.hidden_size // cfg.num_attention_heads, cfg.rope_theta, h.dtype)
-        mask = _attention_mask(attention_mask, t)
+        mask = _attention_mask(attention_mask, t, past, input_ids.device)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # transformers sets _gradient_checkpointing_func (torch checkpoint with the user's kwargs).
                 h = self._gradient_checkpointing_func(layer.__call__, h, cos, sin, mask)
             else:
-                h = layer(h, cos, sin, mask)
+                h = layer(h, cos, sin, mask, cache)
         return self.norm(h)
 
 
-class BaiChuanForCausalLM(BaiChuanPreTrainedModel):
-    """Baichuan-7B with its (untied) language-model head; ``forward`` returns ``.loss`` and ``.logits``."""
+class BaiChuanForCausalLM(BaiChuanPreTrainedModel, GenerationMixin):
+    """Baichuan-7B with its (untied) language-model head; ``forward`` returns ``.loss`` and ``.logits``
+    (and the KV cache when ``use_cache``); ``generate()`` works."""
 
     def __init__(self, config: BaiChuanConfig):
         super().__init__(config)
@@ -213,16 +231,29 @@ class BaiChuanForCausalLM(BaiChuanPreTrainedModel):
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, position_ids: torch.LongTensor | None = None,
-                **kwargs) -> CausalLMOutput:
+                cache=None, past_key_values=None, use_cache: bool | None = None,
+                **kwargs) -> CausalLMOutputWithPast:
         """``labels`` are the input ids (-100 where ignored); the shift to next-token targets happens here.
 
-        ``**kwargs`` absorbs what trainers pass along (``return_dict``, ``num_items_in_batch``...).
+        ``cache`` (transformers 5; ``past_key_values`` in 4.x) continues from earlier positions; with
+        ``use_cache`` and no cache a new ``DynamicCache`` is returned. ``**kwargs`` absorbs what trainers
+        and ``generate()`` pass along (``return_dict``, ``num_items_in_batch``...).
         """
-        hidden = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        cache = cache if cache is not None else past_key_values
+        if cache is None and (use_cache if use_cache is not None else self.config.use_cache):
+            cache = _new_cache(self.config)
+        hidden = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
             # fp32 for the softmax over 64000 classes, as transformers' own causal-LM loss does.
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
                                    labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache})
+
+
+def _new_cache(config: BaiChuanConfig) -> DynamicCache:
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # transformers 4.x
+        return DynamicCache()
