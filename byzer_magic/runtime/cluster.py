@@ -76,6 +76,15 @@ def _dial(address: str) -> None:
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = not loopback  # read from that variable at import
 
 
+def _init_once(address: str) -> None:
+    """Connect this process to the cluster at ``address`` unless it already is."""
+    import ray  # noqa: PLC0415
+
+    if not ray.is_initialized():
+        _dial(address)
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+
+
 def _alive(dashboard_url: str, timeout: float = 3) -> bool:
     request = urllib.request.Request(f"{dashboard_url}/api/version",
                                      headers={"Authorization": f"Bearer {_token_path().read_text().strip()}"})
@@ -173,11 +182,8 @@ def _dashboard_url(address: str) -> str:
     """Ask the GCS where the dashboard is (ray.init on the driver would also tell, but costs more)."""
     use_auth_env()
     from ray._private.services import get_webui_url_from_internal_kv  # noqa: PLC0415
-    import ray  # noqa: PLC0415
 
-    if not ray.is_initialized():
-        _dial(address)
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    _init_once(address)
     url = get_webui_url_from_internal_kv() or ""
     return url if url.startswith("http") else f"http://{url}"
 
@@ -243,9 +249,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> ClusterI
                         print(f"the embedded Ray head at {lost} had stopped; started a new one at "
                               f"{info.address}. Jobs that were running on it are LOST; each continues from "
                               f"its last checkpoint with %byzerllm resume NAME.", flush=True)
-        if not ray.is_initialized():
-            _dial(info.address)
-            ray.init(address=info.address, logging_level="ERROR", log_to_driver=False)
+        _init_once(info.address)
     return info
 
 
