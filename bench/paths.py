@@ -153,7 +153,7 @@ def deepspeed_loop(s: dict, *, fast: bool = False) -> dict:
     ``fast``: with speed.py's GPU path and our DeepSpeed settings (our path without Ray and data)."""
     import deepspeed  # noqa: PLC0415
 
-    from byzer_magic.runtime import speed  # noqa: PLC0415
+    from byzer_magic.runtime.worker import speed  # noqa: PLC0415
 
     if not torch.distributed.is_initialized():
         with socket.socket() as sock:
@@ -238,7 +238,7 @@ def byzer_magic(s: dict) -> dict:
     os.environ.update(s.get("env") or {})  # the Ray head, and so the job's workers, inherit these
     from byzer_magic.runtime import cluster  # noqa: PLC0415
     from byzer_magic.runtime.config import ParallelConfig, TrainArgs  # noqa: PLC0415
-    from byzer_magic.runtime.launch import DeepSpeedTrain  # noqa: PLC0415
+    from byzer_magic.runtime.kernel.submit import DeepSpeedTrain  # noqa: PLC0415
 
     total = s["warmup"] + s["steps"]
     vocab = s["model"]["vocab_size"]

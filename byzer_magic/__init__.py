@@ -29,13 +29,13 @@ def unload_ipython_extension(ipython) -> None:
 
 # ---- Public Python API (loaded on first use, so that `%load_ext byzer_magic` does not import torch) ---
 _API = {
-    "DeepSpeedTrain": "byzer_magic.runtime.launch", "TrainResult": "byzer_magic.runtime.launch",
+    "DeepSpeedTrain": "byzer_magic.runtime.kernel.submit", "TrainResult": "byzer_magic.runtime.kernel.submit",
     "ParallelConfig": "byzer_magic.runtime.config", "TrainArgs": "byzer_magic.runtime.config",
     "DEFAULT_CONFIG": "byzer_magic.runtime.config",
     "BaiChuanConfig": "byzer_magic.runtime.models", "BaiChuanForCausalLM": "byzer_magic.runtime.models",
     "build_model": "byzer_magic.runtime.models", "load_model": "byzer_magic.runtime.models",
-    "list_jobs": "byzer_magic.runtime.jobs", "get_job": "byzer_magic.runtime.jobs",
-    "JobHandle": "byzer_magic.runtime.jobs", "resume": "byzer_magic.runtime.resume",
+    "list_jobs": "byzer_magic.runtime.kernel.jobs", "get_job": "byzer_magic.runtime.kernel.jobs",
+    "JobHandle": "byzer_magic.runtime.kernel.jobs", "resume": "byzer_magic.runtime.kernel.resume",
     "ByzerError": "byzer_magic.errors",
 }
 __all__ = ["load_ipython_extension", "unload_ipython_extension", *_API]

@@ -42,8 +42,8 @@ MONITOR_NOTEBOOK = [
     # is the notebook's (no Ray here; the real-training test does the same with a Ray job).
     """import json, pathlib, threading, time
 from byzer_magic.runtime.jobfiles import JobFiles
-from byzer_magic.runtime.jobs import JobHandle
-from byzer_magic.runtime.metrics import MetricsWriter
+from byzer_magic.runtime.kernel.jobs import JobHandle
+from byzer_magic.runtime.worker.metrics import MetricsWriter
 from byzer_magic.widgets import JobMonitor, tensorboard_frame
 
 class DemoJob(JobHandle):
@@ -173,7 +173,7 @@ class HoldResumedWorkers(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        from byzer_magic.runtime.jobs import JobHandle
+        from byzer_magic.runtime.kernel.jobs import JobHandle
 
         deadline = time.time() + self.timeout
         while not self._released.is_set() and time.time() < deadline:
@@ -198,7 +198,7 @@ def test_monitoring_notebook_trains_and_the_monitor_follows(ray_cluster, tmp_pat
     submitted, watched, stopped, resumed and re-attached. The re-attached monitor's curve grows and its
     progress bar advances to the end, and TensorBoard in the output shows the loss scalar."""
     from byzer_magic.runtime import tensorboard
-    from byzer_magic.runtime.jobs import get_job
+    from byzer_magic.runtime.kernel.jobs import get_job
 
     job_name = time.strftime("browser-demo-%Y%m%d-%H%M%S")
     notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4),

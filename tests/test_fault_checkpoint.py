@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from byzer_magic.runtime import checkpoint
+from byzer_magic.runtime.worker import checkpoint
 
 
 class FilesEngine:

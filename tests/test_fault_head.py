@@ -27,8 +27,8 @@ KERNEL = textwrap.dedent("""
     import json, sys
     from byzer_magic import DeepSpeedTrain, ParallelConfig, TrainArgs
     from byzer_magic.runtime import cluster
-    from byzer_magic.runtime.jobs import get_job
-    from byzer_magic.runtime.resume import resume
+    from byzer_magic.runtime.kernel.jobs import get_job
+    from byzer_magic.runtime.kernel.resume import resume
 
     model_dir, text, jobs = sys.argv[1:4]
     def say(**kv):

@@ -46,7 +46,7 @@ def test_state_folder_and_token_are_private(ray_cluster, byzer_home):
 @pytest.mark.parametrize("name", ["../escape", "a/../../b", "/etc/passwd", "a/b", "..", ".hidden", "",
                                   "x;rm -rf ~", "$(touch pwned)", "`id`", "a b", "a\nb", "trailing-newline\n", "x" * 200])
 def test_job_names_cannot_escape_the_prefix_or_reach_a_shell(name, tmp_path):
-    from byzer_magic.runtime.launch import job_dir_for
+    from byzer_magic.runtime.kernel.submit import job_dir_for
 
     with pytest.raises(ByzerError, match="invalid job name|would escape"):
         job_dir_for(name, str(tmp_path))
@@ -57,14 +57,15 @@ def test_job_folder_reaches_the_entrypoint_as_one_quoted_argument(ray_cluster, t
     with, as one plain argument: a real Ray Job, whose entrypoint finds the folder empty and says so."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from byzer_magic.runtime import cluster, launch
+    from byzer_magic.runtime import cluster
+    from byzer_magic.runtime.kernel import ray_job
 
     marker = tmp_path / "pwned"
     job_dir = tmp_path / f"it's $(touch {marker}) `touch {marker}`; a b" / "job-1"
     job_dir.mkdir(parents=True)
     submission_id = f"quoting-{uuid.uuid4().hex[:8]}"
     info = cluster.connect()
-    launch._submit_ray_job({"job_dir": str(job_dir), "submission_id": submission_id, "name": submission_id},
+    ray_job.submit_ray_job({"job_dir": str(job_dir), "submission_id": submission_id, "name": submission_id},
                            info)
     client = JobSubmissionClient(info.dashboard_url)
     deadline = time.time() + 300

@@ -116,7 +116,7 @@ def run_killed_while_saving(setup: Setup) -> dict:
     frozen at once (it is the one that publishes, after a barrier that waits for every rank's files),
     then both are killed. A save is a short window: should the job end without the poll catching one,
     or the save finish before the kill, the scenario starts again with a new job (3 tries at most)."""
-    from byzer_magic.runtime.resume import resume
+    from byzer_magic.runtime.kernel.resume import resume
 
     out = {"attempts": 0, "saving": None, "at_kill": {"entries": [], "latest": None}}
     for attempt in range(3):
@@ -184,7 +184,7 @@ def thaw_once_ended(handle, pids, timeout: float = 120) -> None:
 def setup(ray_cluster, tmp_path_factory) -> Setup:
     import ray.data
 
-    from byzer_magic.runtime import data
+    from byzer_magic.runtime.worker import data
 
     root = tmp_path_factory.mktemp("faults")
     tokenizer = train_sentencepiece(root / "tok")
@@ -211,7 +211,7 @@ def runs(setup):
 
 def _stop_leftover_jobs(setup: Setup) -> None:
     """A failed test must not leave its job training on the session's head."""
-    from byzer_magic.runtime.jobs import list_jobs
+    from byzer_magic.runtime.kernel.jobs import list_jobs
 
     for handle in list_jobs(setup.jobs):
         if handle.status() in ("PENDING", "RUNNING"):
@@ -252,7 +252,7 @@ and detached="true"
 and deepspeedConfig='''{json.dumps(DS_CONFIG)}'''
 and `sfft.int.max_length`="32" and `sfft.int.steps_per_epoch`="{STEPS}"
 and `sfft.int.checkpoint_every`="{EVERY}" and `sfft.int.keep_checkpoints`="{KEEP}";""")
-    from byzer_magic.runtime.jobs import JobHandle
+    from byzer_magic.runtime.kernel.jobs import JobHandle
 
     handle = JobHandle(name, setup.jobs / name)
     pids = group_of(handle, 2, RUN_TIMEOUT)

@@ -31,7 +31,7 @@ def _rel(a, b) -> float:
 
 @pytest.mark.parametrize("chunk_tokens", [16384, 1000])
 def test_fused_loss_matches_transformers(chunk_tokens):
-    from byzer_magic.runtime import speed
+    from byzer_magic.runtime.worker import speed
 
     torch.manual_seed(0)
     hidden = torch.randn(4, 1024, 512, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -76,7 +76,7 @@ def _learnable_batches():
 def _loss_curve(fast: bool) -> list[float]:
     import deepspeed
 
-    from byzer_magic.runtime import speed
+    from byzer_magic.runtime.worker import speed
     from byzer_magic.runtime.config import resolve_ds_config
     from byzer_magic.runtime.models import registry
 

@@ -13,8 +13,8 @@ import torch
 
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime.config import ParallelConfig, TrainArgs
-from byzer_magic.runtime.plan import GpuInfo, check_launchable, plan_run, step_counts
-from byzer_magic.runtime.plan_memory import ZeroSetup, activation_bytes, model_shape, model_states_bytes
+from byzer_magic.runtime.kernel.plan import GpuInfo, check_launchable, plan_run, step_counts
+from byzer_magic.runtime.kernel.plan_memory import ZeroSetup, activation_bytes, model_shape, model_states_bytes
 from byzer_magic.runtime.tokenizer import load_tokenizer
 from tests.support.tiny import stdlib_text_files, tiny_model_config, train_sentencepiece
 

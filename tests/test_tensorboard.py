@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from byzer_magic.runtime import tensorboard
-from byzer_magic.runtime.metrics import MetricsWriter
+from byzer_magic.runtime.worker.metrics import MetricsWriter
 
 
 def write_metrics(job_dir, steps, start=1):

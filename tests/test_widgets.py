@@ -16,8 +16,8 @@ from byzer_magic.language.parser import parse_cell
 from byzer_magic.language.statements import RunStatement, SetupStatement
 from byzer_magic.runtime import config, tensorboard
 from byzer_magic.runtime.jobfiles import JobFiles
-from byzer_magic.runtime.jobs import JobHandle
-from byzer_magic.runtime.metrics import MetricsWriter
+from byzer_magic.runtime.kernel.jobs import JobHandle
+from byzer_magic.runtime.worker.metrics import MetricsWriter
 from byzer_magic.widgets import (ConfigForm, JobMonitor, frame_url, jobs_table, loss_svg, tensorboard_frame)
 from byzer_magic.widgets.form import DS_DEFAULTS, RUN_PARAMETERS
 from byzer_magic.widgets.loss_plot import smooth

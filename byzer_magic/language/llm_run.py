@@ -9,13 +9,14 @@ from byzer_magic.language.llm_params import LLMRun, parse_llm_options
 from byzer_magic.language.statements import RunStatement
 
 
-def run_llm(session, statement: RunStatement, *, blocking_output: Callable[[object], None] = print) -> Any:
-    """Run the statement; returns the job monitor (detached), the result (blocking) or the plan.
+def run_llm(session, statement: RunStatement, *, show_job: Callable[[object], None] | None = None) -> Any:
+    """Run the statement; returns the job's handle (detached), the result (blocking) or the plan.
 
-    ``blocking_output`` shows the live monitor of a blocking run; progress lines are printed too,
-    so that a notebook run headless (nbconvert, CI) keeps a readable log."""
-    show, blocking_output = blocking_output, print
-    from byzer_magic.runtime.launch import DeepSpeedTrain  # noqa: PLC0415
+    The language shows nothing itself: ``show_job(handle)`` (the magics pass one that displays the live
+    monitor) is called once a blocking run has started; progress lines are printed too, so that a
+    notebook run headless (nbconvert, CI) keeps a readable log."""
+    show, blocking_output = show_job, print
+    from byzer_magic.runtime.kernel.submit import DeepSpeedTrain  # noqa: PLC0415
 
     cluster = session.ensure_ray()
     session.last_llm_statement = statement  # for %byzerllm plan
@@ -27,7 +28,7 @@ def run_llm(session, statement: RunStatement, *, blocking_output: Callable[[obje
     if run.dry_run:
         return dst.plan()
     if run.resume:
-        from byzer_magic.runtime.resume import resume_job  # noqa: PLC0415
+        from byzer_magic.runtime.kernel.resume import resume_job  # noqa: PLC0415
 
         handle = resume_job(config, statement_keys={o.key for o in statement.options})
     else:
@@ -37,7 +38,7 @@ def run_llm(session, statement: RunStatement, *, blocking_output: Callable[[obje
         handle = handle or dst.submit()
         _say_submitted(blocking_output, handle)
         _bind_output_table(session, config.output_table, handle)
-        return _monitor(handle)
+        return handle
     if handle is None:
         result = dst.train(progress=_progress_printer(blocking_output, show))
     else:
@@ -72,14 +73,6 @@ def _say_submitted(output, handle) -> None:
            f"Follow it with %byzerllm attach {handle.name}")
 
 
-def _monitor(handle):
-    try:
-        from byzer_magic.widgets.monitor import JobMonitor  # noqa: PLC0415
-    except ImportError:
-        return handle
-    return JobMonitor(handle)
-
-
 def _progress_printer(output, show=None) -> Callable:
     """Print a line per logged step range while a blocking run goes (about 10 lines a run); the
     first call also shows the job's live monitor through ``show``."""
@@ -87,9 +80,7 @@ def _progress_printer(output, show=None) -> Callable:
 
     def progress(handle) -> None:
         if show is not None and state["status"] is None:
-            monitor = _monitor(handle)
-            if monitor is not handle:
-                show(monitor)
+            show(handle)
         status = handle.status()
         if status != state["status"]:
             state["status"] = status
@@ -111,7 +102,7 @@ def _progress_printer(output, show=None) -> Callable:
 
 
 def _wait_blocking(handle, output, show=None):
-    from byzer_magic.runtime.launch import TrainResult  # noqa: PLC0415
+    from byzer_magic.runtime.kernel.submit import TrainResult  # noqa: PLC0415
 
     try:
         status = handle.wait(progress=_progress_printer(output, show))
@@ -130,11 +121,11 @@ def _bind_output_table(session, name: str | None, handle_or_name) -> None:
         return
     import ray.data  # noqa: PLC0415
 
-    from byzer_magic.runtime.jobs import JobHandle  # noqa: PLC0415
+    from byzer_magic.runtime.kernel.jobs import JobHandle  # noqa: PLC0415
 
     handle = handle_or_name if isinstance(handle_or_name, JobHandle) else None
     if handle is None:
-        from byzer_magic.runtime.jobs import get_job  # noqa: PLC0415
+        from byzer_magic.runtime.kernel.jobs import get_job  # noqa: PLC0415
 
         handle = get_job(handle_or_name, session.jobs_dir)
     row_of = _RowReader(handle.name, str(handle.job_dir))
@@ -150,7 +141,7 @@ class _RowReader:
     def __call__(self, _batch):
         import pandas as pd  # noqa: PLC0415
 
-        from byzer_magic.runtime.jobs import JobHandle  # noqa: PLC0415
+        from byzer_magic.runtime.kernel.jobs import JobHandle  # noqa: PLC0415
 
         return pd.DataFrame([JobHandle(self.name, self.job_dir).result()])
 

@@ -74,6 +74,7 @@ class Session:
         self.setup: dict[str, Any] = {}
         self.namespace = namespace if namespace is not None else {}
         self.output = output
+        self.show_job: Callable[[object], None] | None = None  # shows a running job (the magics: its monitor)
         self.jobs_dir = Path(jobs_dir) if jobs_dir else default_jobs_dir()
         self.last_table: TableResult | None = None  # the last table made by the latest cell
         self._connect = connect or _default_connect
@@ -207,7 +208,7 @@ class Session:
                 raise
             raise ByzerError("`run ... as LLM` is not yet available") from None
         options = tuple(replace(o, value=self.interpolate(o.value, o.span)) for o in st.options)
-        return llm_run.run_llm(self, replace(st, options=options), blocking_output=self.output)
+        return llm_run.run_llm(self, replace(st, options=options), show_job=self.show_job)
 
     def _set(self, st: SetStatement) -> None:
         self.variables[st.name] = self.interpolate(st.value, st.span)

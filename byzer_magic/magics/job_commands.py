@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def _job(magic: "ByzerMagic", args: str):
-    from byzer_magic.runtime.jobs import get_job  # noqa: PLC0415
+    from byzer_magic.runtime.kernel.jobs import get_job  # noqa: PLC0415
 
     name = args.split()[0] if args.split() else ""
     if not name:
@@ -27,7 +27,7 @@ def _job(magic: "ByzerMagic", args: str):
 @command("jobs")
 def jobs_command(magic: "ByzerMagic", args: str):
     """List training jobs: name, status, started, steps done/total, last loss, tokens/s."""
-    from byzer_magic.runtime.jobs import list_jobs  # noqa: PLC0415
+    from byzer_magic.runtime.kernel.jobs import list_jobs  # noqa: PLC0415
     from byzer_magic.widgets import jobs_table  # noqa: PLC0415
 
     magic.connect()
@@ -82,7 +82,7 @@ def tensorboard_command(magic: "ByzerMagic", args: str):
 @command("resume")
 def resume_command(magic: "ByzerMagic", args: str):
     """Continue a stopped, failed or lost job from its latest checkpoint: %byzerllm resume NAME"""
-    from byzer_magic.runtime.resume import resume  # noqa: PLC0415
+    from byzer_magic.runtime.kernel.resume import resume  # noqa: PLC0415
     from byzer_magic.widgets import JobMonitor  # noqa: PLC0415
 
     handle = _job(magic, args)

@@ -16,6 +16,7 @@ from traitlets import Bool, Int, Unicode, observe
 from byzer_magic.errors import ByzerError
 from byzer_magic.language.session import Session, TableResult
 from byzer_magic.magics import commands, job_commands  # noqa: F401  (job_commands registers its sub-commands)
+from byzer_magic.runtime.kernel.jobs import JobHandle
 
 _HELP = """\
 Byzer statements in a notebook: load text, shape it with SQL, pretrain LLMs on Ray + DeepSpeed.
@@ -86,6 +87,8 @@ class ByzerMagic(Magics):
                 from byzer_magic.magics.display import table_frame  # noqa: PLC0415
 
                 return table_frame(result, self.max_rows)
+            if isinstance(result, JobHandle):  # a detached run: its live monitor
+                return self.monitor(result)
             return result
         except ByzerError as err:
             raise UsageError(str(err)) from None
@@ -93,6 +96,12 @@ class ByzerMagic(Magics):
     # ----------------------------------------------------------------------------- helpers
     def help_text(self) -> str:
         return _HELP.replace("{commands}", commands.summaries())
+
+    def monitor(self, handle: JobHandle):
+        """The live monitor of a job (the widgets render what the job API reports)."""
+        from byzer_magic.widgets import JobMonitor  # noqa: PLC0415
+
+        return JobMonitor(handle, proxy_url=self.tensorboard_proxy_url or None)
 
     def reset(self) -> None:
         """A fresh session: no tables, variables or setup (the Ray connection stays)."""
@@ -113,8 +122,10 @@ class ByzerMagic(Magics):
         from IPython.display import display  # noqa: PLC0415
 
         namespace = self.shell.user_ns if self.shell is not None else {}
-        return Session(connect=self.connect, namespace=namespace, output=display,
-                       jobs_dir=self.jobs_dir or None)
+        session = Session(connect=self.connect, namespace=namespace, output=display,
+                          jobs_dir=self.jobs_dir or None)
+        session.show_job = lambda handle: display(self.monitor(handle))
+        return session
 
     @observe("jobs_dir")
     def _jobs_dir_changed(self, change) -> None:

@@ -222,3 +222,9 @@ def _write_hf_from_sentencepiece(model_file: Path, sp: Any, out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     if model_file.resolve() != (out / "tokenizer.model").resolve():
         shutil.copyfile(model_file, out / "tokenizer.model")
+
+
+@functools.lru_cache(maxsize=4)
+def cached_tokenizer(path: str) -> Tokenizer:
+    """``load_tokenizer`` once per process (the tokenising tasks and the workers call it per batch)."""
+    return load_tokenizer(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Iterable
 
-from byzer_magic.runtime.jobs import JobHandle
+from byzer_magic.runtime.kernel.jobs import JobHandle
 
 COLUMNS = (("name", "name"), ("status", "status"), ("started", "started"), ("steps", "steps done / total"),
            ("last_loss", "last loss"), ("tokens_per_s", "tokens/s"))

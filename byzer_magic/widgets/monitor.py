@@ -13,7 +13,7 @@ import time
 
 import ipywidgets as widgets
 
-from byzer_magic.runtime.jobs import TERMINAL, JobHandle
+from byzer_magic.runtime.kernel.jobs import TERMINAL, JobHandle
 from byzer_magic.widgets.loss_plot import LossPlot
 
 _COLORS = {"PENDING": "#6c757d", "RUNNING": "#0d6efd", "SUCCEEDED": "#198754", "FAILED": "#dc3545",

@@ -24,7 +24,7 @@ def _register() -> None:
 
 _register()
 
-from .registry import MODEL_TYPES, build_model, load_model, model_config_keys  # noqa: E402
+from .registry import MODEL_TYPES, build_model, build_training_model, load_model, model_config_keys  # noqa: E402
 
-__all__ = ["BaiChuanConfig", "BaiChuanForCausalLM", "BaiChuanModel", "MODEL_TYPES", "build_model",
+__all__ = ["BaiChuanConfig", "BaiChuanForCausalLM", "BaiChuanModel", "MODEL_TYPES", "build_model", "build_training_model",
            "load_model", "model_config_keys"]

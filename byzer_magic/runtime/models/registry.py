@@ -168,3 +168,19 @@ def load_model(model_type: str, model_dir: str, *,
         return model_class.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise ByzerError(f"cannot load the model in {path}: {err}") from err
+
+
+def build_training_model(model_type: str, *, model_path: str | None = None, model_config: dict | None = None,
+                         get_model_file: str | None = None, device: "torch.device | None" = None,
+                         dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The model a training worker starts from: the user's ``get_model()`` (pickled by the kernel), the
+    folder it continues from, or a fresh one of ``model_type``. ``device``/``dtype``: where and in which
+    dtype the worker will train it (the one place that decides how a worker builds its model)."""
+    if get_model_file:
+        from ray import cloudpickle  # noqa: PLC0415
+
+        with open(get_model_file, "rb") as f:
+            return cloudpickle.load(f)()
+    if model_path:
+        return load_model(model_type, model_path)
+    return build_model(model_type, model_config)

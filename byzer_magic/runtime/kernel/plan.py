@@ -16,9 +16,9 @@ from pathlib import Path
 
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime.config import ParallelConfig, resolve_ds_config
-from byzer_magic.runtime.plan_advice import (SLOW_FACTOR, GpuInfo, Layout, Option, candidates, detect_gpus,
+from byzer_magic.runtime.kernel.plan_advice import (SLOW_FACTOR, GpuInfo, Layout, Option, candidates, detect_gpus,
                                              fastest_that_fits, host_available_bytes, make_option, measure_options)
-from byzer_magic.runtime.plan_memory import ModelShape, ZeroSetup, fmt_bytes, model_shape, usable_bytes
+from byzer_magic.runtime.kernel.plan_memory import ModelShape, ZeroSetup, fmt_bytes, model_shape, usable_bytes
 
 __all__ = ["GpuInfo", "RunPlan", "check_launchable", "plan_run", "step_counts", "count_input_tokens"]
 _COLUMNS = ("", "config", "memory/GPU", "tokens/s", "time")
@@ -317,7 +317,7 @@ def tokenizer_path(config: ParallelConfig) -> str:
 
 
 def _count_batch(batch, *, tokenizer_path: str, text_column: str):
-    from byzer_magic.runtime.data import tokenize_batch  # noqa: PLC0415
+    from byzer_magic.runtime.worker.data import tokenize_batch  # noqa: PLC0415
 
     return tokenize_batch(batch, tokenizer_path=tokenizer_path, text_column=text_column).select(["n"])
 

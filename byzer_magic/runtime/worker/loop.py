@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from byzer_magic.runtime import checkpoint, data, speed
+from byzer_magic.runtime.worker import checkpoint, data, speed
 from byzer_magic.runtime.network import set_nccl_socket_ifname
 
 
@@ -25,19 +25,6 @@ def _title(rank: int, name: str) -> None:
         ray._raylet.setproctitle(f"W-{rank}-{name}")
     except Exception:  # a title is a convenience, never a reason to fail
         pass
-
-
-def _build_model(plan: dict):
-    from byzer_magic.runtime.models import registry  # noqa: PLC0415
-
-    if plan.get("get_model_file"):
-        from ray import cloudpickle  # noqa: PLC0415
-
-        with open(plan["get_model_file"], "rb") as f:
-            return cloudpickle.load(f)()
-    if plan.get("model_path"):
-        return registry.load_model(plan["model_type"], plan["model_path"])
-    return registry.build_model(plan["model_type"], plan.get("model_config"))
 
 
 class _Batches:
@@ -83,7 +70,10 @@ def train_loop(plan: dict) -> None:
     if plan["setup_nccl_socket_ifname_by_ip"]:
         set_nccl_socket_ifname()
     torch.manual_seed(args["seed"])
-    model = _build_model(plan)
+    from byzer_magic.runtime.models import build_training_model  # noqa: PLC0415
+
+    model = build_training_model(plan["model_type"], model_path=plan.get("model_path"),
+                                 model_config=plan.get("model_config"), get_model_file=plan.get("get_model_file"))
     if plan.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     model = speed.prepare_model(model, plan)
@@ -102,7 +92,7 @@ def train_loop(plan: dict) -> None:
     step, epoch, consumed = state.get("step", 0), state.get("epoch", 0), state.get("consumed", 0)
     writer = None
     if rank == 0:
-        from byzer_magic.runtime.metrics import MetricsWriter  # noqa: PLC0415
+        from byzer_magic.runtime.worker.metrics import MetricsWriter  # noqa: PLC0415
 
         writer = MetricsWriter(plan["job_dir"], resume_step=step)
         if step:
@@ -156,9 +146,9 @@ def train_loop(plan: dict) -> None:
                         keep=args["keep_checkpoints"])
     if last_ids is not None:
         _record_final_eval(engine, last_ids, Path(plan["job_dir"]), rank)
-    from byzer_magic.runtime.data import _tokenizer  # noqa: PLC0415
+    from byzer_magic.runtime.tokenizer import cached_tokenizer  # noqa: PLC0415
 
-    out = checkpoint.export_hf(engine, engine.module, Path(plan["model_dir"]), _tokenizer(plan["tokenizer_path"]))
+    out = checkpoint.export_hf(engine, engine.module, Path(plan["model_dir"]), cached_tokenizer(plan["tokenizer_path"]))
     if writer:
         writer.close()
         print(f"[W-0-{plan['name']}] finished at step {step}: checkpoints in {ckpt_dir}, model in {out}", flush=True)

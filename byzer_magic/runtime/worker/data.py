@@ -7,27 +7,21 @@ trains on are its final partial sequence. Tokens stay in Arrow/NumPy arrays end 
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
+from byzer_magic.runtime.tokenizer import cached_tokenizer
+
 TOKENS_DIR = "tokens"
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str):
-    from byzer_magic.runtime.tokenizer import load_tokenizer  # noqa: PLC0415
-
-    return load_tokenizer(path)
 
 
 def tokenize_batch(batch: pa.Table, *, tokenizer_path: str, text_column: str = "text",
                    keep_columns: tuple[str, ...] = ()) -> pa.Table:
     """Arrow batch of documents -> Arrow batch of token ids (end-of-text appended) and their counts."""
-    tok = _tokenizer(tokenizer_path)
+    tok = cached_tokenizer(tokenizer_path)
     texts = [t or "" for t in batch.column(text_column).to_pylist()]
     ids = [np.asarray(x + [tok.eos_id], dtype=np.int32) for x in tok.encode_batch(texts)]
     offsets = np.zeros(len(ids) + 1, dtype=np.int32)

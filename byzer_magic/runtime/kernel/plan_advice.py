@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from byzer_magic.runtime.plan_memory import (ModelShape, ZeroSetup, activation_bytes, buffer_bytes,
+from byzer_magic.runtime.kernel.plan_memory import (ModelShape, ZeroSetup, activation_bytes, buffer_bytes,
                                              model_states_bytes, usable_bytes)
 
 # Dense bf16 tensor-core peaks (fp16 for V100), FLOP/s, from NVIDIA's datasheets (sparsity figures halved).

@@ -1,4 +1,4 @@
-"""The Ray Job's entrypoint: ``python -m byzer_magic.runtime.job_entry <job_dir>``.
+"""The Ray Job's entrypoint: ``python -m byzer_magic.runtime.driver.entry <job_dir>``.
 
 It runs on the cluster, so the job outlives the notebook that submitted it: it tokenises the job's
 input into a token cache (once; a resumed job reuses it), plans the steps, and runs the worker group
@@ -14,11 +14,11 @@ import traceback
 from pathlib import Path
 
 from byzer_magic.errors import ByzerError
-from byzer_magic.runtime import data
+from byzer_magic.runtime.worker import data
 from byzer_magic.runtime.config import resolve_ds_config
 from byzer_magic.runtime.jobfiles import JobFiles
-from byzer_magic.runtime.metrics import read_metrics
-from byzer_magic.runtime.plan import step_counts
+from byzer_magic.runtime.worker.metrics import read_metrics
+from byzer_magic.runtime.kernel.plan import step_counts
 
 
 def _source_dataset(spec: dict):
@@ -77,7 +77,7 @@ def run(job_dir: str) -> int:
     from ray.train import FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
 
-    from byzer_magic.runtime.trainer import train_loop  # noqa: PLC0415
+    from byzer_magic.runtime.worker.loop import train_loop  # noqa: PLC0415
 
     files = JobFiles(job_dir)
     spec = files.read_json("job.json")

@@ -10,7 +10,6 @@ import getpass
 import glob
 import os
 import re
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -22,7 +21,8 @@ from byzer_magic.runtime import cluster
 from byzer_magic.runtime.config import ParallelConfig, parse_ds_config, resolve_ds_config
 from byzer_magic.runtime.home import default_jobs_dir
 from byzer_magic.runtime.jobfiles import JobFiles
-from byzer_magic.runtime.jobs import METADATA_KEY, JobHandle
+from byzer_magic.runtime.kernel.jobs import JobHandle
+from byzer_magic.runtime.kernel.ray_job import submit_ray_job
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: `$` would let a final newline in
 
@@ -108,7 +108,7 @@ class DeepSpeedTrain:
 
     def plan(self, measure: bool | None = None):
         """What the run will cost (tokens, steps, memory, advice) without training: see docs/PLAN.md."""
-        from byzer_magic.runtime.plan import plan_run  # noqa: PLC0415
+        from byzer_magic.runtime.kernel.plan import plan_run  # noqa: PLC0415
 
         cluster.connect(self.ray_address)
         return plan_run(self.config, measure=measure)
@@ -116,7 +116,7 @@ class DeepSpeedTrain:
     def _preflight(self) -> list[str]:
         """Stop, in seconds, what cannot work (memory, positions); a config predicted much slower than one
         that fits is a warning, and the run goes on (the user decides)."""
-        from byzer_magic.runtime.plan import check_launchable, plan_run  # noqa: PLC0415
+        from byzer_magic.runtime.kernel.plan import check_launchable, plan_run  # noqa: PLC0415
 
         plan = plan_run(self.config, measure=False, count=False)
         check_launchable(plan)
@@ -174,7 +174,7 @@ class DeepSpeedTrain:
                 "cluster": info.address,
             }
             files.write_json("job.json", spec)
-            _submit_ray_job(spec, info)
+            submit_ray_job(spec, info)
         except BaseException:
             if not (job_dir / "job.json").exists():
                 import shutil  # noqa: PLC0415
@@ -196,33 +196,6 @@ class DeepSpeedTrain:
             error = (handle.files.read_json("result.json") or {}).get("error") or handle.logs(tail=5)
             raise ByzerError(f"job {handle.name} {status.lower()}: {error}")
         return TrainResult(**row, metrics=handle.metrics())
-
-
-def _submit_ray_job(spec: dict, info: cluster.ClusterInfo) -> None:
-    from ray.job_submission import JobSubmissionClient  # noqa: PLC0415
-
-    python = sys.executable if info.embedded else "python"
-    env = {k: v for k, v in os.environ.items() if k.startswith(("TORCH_EXTENSIONS_DIR", "NCCL_", "HF_"))}
-    env.setdefault("NCCL_NVLS_ENABLE", "0")
-    # Ray Train's workers tee print() into its logger, which writes it again: each line twice in the log.
-    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    client = JobSubmissionClient(info.dashboard_url)
-    deadline = time.time() + 90
-    while True:
-        try:
-            client.submit_job(
-                entrypoint=f"{shlex.quote(python)} -m byzer_magic.runtime.job_entry {shlex.quote(spec['job_dir'])}",
-                submission_id=spec["submission_id"],
-                metadata={METADATA_KEY: "1", "name": spec["name"], "job_dir": spec["job_dir"]},
-                runtime_env={"env_vars": env} if env else None)
-            return
-        except RuntimeError as err:
-            # A head that has just started has no job agent for a few seconds.
-            if "No available agent" not in str(err) or time.time() > deadline:
-                if "already exists" in str(err):
-                    raise ByzerError(f"the cluster already has a job named {spec['submission_id']!r}") from None
-                raise
-            time.sleep(2)
 
 
 def _snapshot_input(ds, out_dir: Path, text_column: str, keep_partitions: bool) -> None:

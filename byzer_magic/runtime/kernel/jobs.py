@@ -14,7 +14,7 @@ from typing import Callable
 from byzer_magic.errors import ByzerError, did_you_mean
 from byzer_magic.runtime.home import default_jobs_dir
 from byzer_magic.runtime.jobfiles import JobFiles
-from byzer_magic.runtime.metrics import read_metrics
+from byzer_magic.runtime.worker.metrics import read_metrics
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED", "LOST")
 METADATA_KEY = "byzer_magic"
@@ -64,7 +64,7 @@ class JobHandle:
     @property
     def last_checkpoint(self) -> Path | None:
         """The complete checkpoint a resume would continue from (None: there is none yet)."""
-        from byzer_magic.runtime.checkpoint import latest_tag  # noqa: PLC0415
+        from byzer_magic.runtime.worker.checkpoint import latest_tag  # noqa: PLC0415
 
         tag = latest_tag(self.checkpoint_dir)
         return self.checkpoint_dir / tag if tag else None
@@ -131,7 +131,7 @@ class JobHandle:
     def stop(self, timeout: float = 60) -> str:
         """Stop the job and its workers; checkpoints stay. Returns the status once it has ended and
         Ray has freed its actors and placement groups (or ``timeout`` seconds have passed)."""
-        from byzer_magic.runtime import cleanup  # noqa: PLC0415
+        from byzer_magic.runtime.kernel import cleanup  # noqa: PLC0415
 
         deadline = time.time() + timeout
         ray_job_id = self.ray_job_id()

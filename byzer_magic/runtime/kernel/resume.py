@@ -6,10 +6,11 @@ from dataclasses import asdict
 
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime import cluster
-from byzer_magic.runtime.checkpoint import latest_tag
+from byzer_magic.runtime.worker.checkpoint import latest_tag
 from byzer_magic.runtime.config import ParallelConfig, parse_ds_config, resolve_ds_config
-from byzer_magic.runtime.jobs import JobHandle
-from byzer_magic.runtime.launch import _submit_ray_job, job_dir_for
+from byzer_magic.runtime.kernel.jobs import JobHandle
+from byzer_magic.runtime.kernel.ray_job import submit_ray_job
+from byzer_magic.runtime.kernel.submit import job_dir_for
 
 
 def resume(name: str, *, local_path_prefix: str | None = None, train_args: dict | None = None,
@@ -36,7 +37,7 @@ def resume(name: str, *, local_path_prefix: str | None = None, train_args: dict 
     spec["resumed_from"] = str(handle.checkpoint_dir / tag) if tag else None
     handle.files.write_json("job.json", spec)
     (job_dir / "plan.json").unlink(missing_ok=True)  # re-planned with the overrides
-    _submit_ray_job(spec, info)
+    submit_ray_job(spec, info)
     return JobHandle(name, job_dir)
 
 

@@ -1,0 +1,1 @@
+"""What runs in the notebook's kernel: submit a job, the job API (JobHandle), resume, the pre-flight plan."""
