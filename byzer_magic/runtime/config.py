@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable
 
 from byzer_magic.errors import ByzerError, did_you_mean
+from byzer_magic.runtime.spec import check_value, kind_of, sfft_fields
 
 DEFAULT_CONFIG = json.dumps({
     "train_micro_batch_size_per_gpu": 1,
@@ -31,56 +32,41 @@ OPTIMIZERS = ("Adam", "AdamW", "SGD", "Lamb", "Lion", "OneBitAdam", "Adagrad")
 SCHEDULERS = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest")
 
 
-@dataclass
-class TrainArgs:
-    """Training arguments; the ``sfft.<type>.<key>`` parameters of ``run ... as LLM`` map onto these."""
-    model_path: str | None = None            # continue from this HF folder (None: from scratch)
-    tokenizer_path: str | None = None        # tokenizer.model or a HF tokenizer folder (default: model's)
-    data_dir: str | None = None              # a folder (or glob) of text files, instead of an input table
-    checkpoint_saving_path: str | None = None  # default: <job dir>/checkpoints
-    steps_per_epoch: int | None = None       # None: one pass over the data per epoch
-    max_length: int = 1024                   # tokens per packed training sequence
-    epoches: int = 1                          # (sic: Byzer's spelling) number of epochs
-    checkpoint_every: int = 500              # DeepSpeed checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 3                # how many step checkpoints to keep on disk
-    log_every: int = 1                       # write metrics every N steps
-    seed: int = 42
-    max_failures: int = 3                    # worker-group restarts from the last checkpoint
-    warmup_ratio: float = 0.05               # for "auto" warmup steps
-    text_column: str = "text"
+def _train_args_post_init(self) -> None:
+    for name, (_, f) in sfft_fields().items():
+        setattr(self, name, check_value(f, getattr(self, name)))
 
-    def __post_init__(self):
-        for name, low in (("max_length", 2), ("epoches", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
-                          ("log_every", 1), ("max_failures", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ByzerError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int)
-                                                 or self.steps_per_epoch < 1):
-            raise ByzerError(f"steps_per_epoch must be a positive integer, got {self.steps_per_epoch!r}")
 
-    @classmethod
-    def field_types(cls) -> dict[str, type]:
-        kinds = {"int": int, "float": float, "str": str, "bool": bool}
-        out = {}
-        for f in fields(cls):
-            text = str(f.type)
-            out[f.name] = next((t for k, t in kinds.items() if text.startswith(k)), str)
-        return out
+def _field_types(cls) -> dict[str, type]:
+    """``{name: int | float | str | bool}`` of every training argument (``sfft.<type>.<name>``)."""
+    return {name: kind_of(f) for name, (_, f) in sfft_fields().items()}
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainArgs":
-        valid = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in valid:
-                raise ByzerError(f"unknown training argument {key!r}{did_you_mean(key, valid)}; "
-                                 f"valid: {', '.join(sorted(valid))}")
-        return cls(**values)
+
+def _from_dict(cls, values: dict[str, Any]) -> "TrainArgs":
+    valid = sfft_fields()
+    for key in values:
+        if key not in valid:
+            raise ByzerError(f"unknown training argument {key!r}{did_you_mean(key, valid)}; "
+                             f"valid: {', '.join(sorted(valid))}")
+    return cls(**values)
+
+
+# The training arguments, flat: the ``sfft.<type>.<key>`` parameters of ``run ... as LLM`` and the
+# Python API's keywords. Generated from the ``param`` fields of ``runtime/spec.py``'s sections, so that a
+# new argument is one field there.
+TrainArgs = make_dataclass(
+    "TrainArgs",
+    [(name, f.type, field(default=f.default, metadata=f.metadata)) for name, (_, f) in sfft_fields().items()],
+    namespace={"__post_init__": _train_args_post_init, "field_types": classmethod(_field_types),
+               "from_dict": classmethod(_from_dict),
+               "__doc__": "Training arguments (`sfft.<type>.<key>`); see runtime/spec.py for each one.",
+               "__module__": __name__})
 
 
 @dataclass
 class ParallelConfig:
-    """How a run is laid out on the cluster (spec section 5 keeps these names)."""
+    """The Python API's run: the seed's names (``DeepSpeedTrain(ParallelConfig(...))``); the kernel turns it
+    into a ``JobSpec`` (``kernel/submit.py``)."""
     num_workers: int = 1
     get_model: Callable[[], Any] | None = None   # from scratch: builds the model (Python API)
     ds_config: dict | str | None = None          # merged over DEFAULT_CONFIG
@@ -216,11 +202,3 @@ def resolve_ds_config(user: dict | str | None, *, on_gpu: bool, bf16_supported: 
     cfg.pop("train_batch_size", None)  # derived from micro-batch x accumulation x workers
     return cfg, notes
 
-
-def describe(config: ParallelConfig) -> dict:
-    """A JSON-able description of the config (the job's metadata)."""
-    skip = ("get_model", "input_table", "train_args", "ds_config")
-    out = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in skip}
-    out["train_args"] = asdict(config.train_args)
-    out["ds_config"] = parse_ds_config(config.ds_config)
-    return out
