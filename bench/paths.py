@@ -168,7 +168,7 @@ def deepspeed_loop(s: dict, *, fast: bool = False) -> dict:
     model = build_llama(s, "cpu")
     cfg = ds_config(s, ours=fast)
     if fast:
-        model = speed.prepare_model(model, {"use_gpu": True, "ds_config": cfg})
+        model = speed.prepare_model(model, use_gpu=True, zero_stage=int(cfg["zero_optimization"]["stage"]))
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     return timed(lambda ids: speed.causal_lm_loss(engine, ids), engine.backward, Step(engine.step, True), s, device)
 

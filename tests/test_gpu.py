@@ -88,8 +88,7 @@ def _loss_curve(fast: bool) -> list[float]:
                                                                           "fused": True}},
                                 "timers": {"throughput": {"enabled": False}}},
                                on_gpu=True, total_steps=STEPS)
-    plan = {"use_gpu": fast, "ds_config": cfg}
-    model = speed.prepare_model(model, plan)
+    model = speed.prepare_model(model, use_gpu=fast, zero_stage=2)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     losses = []
     for batch in _learnable_batches():

@@ -33,15 +33,14 @@ IGNORE_INDEX = -100
 LOSS_CHUNK_TOKENS = 16384
 
 
-def fast_path_enabled(plan: dict) -> bool:
-    return bool(plan.get("use_gpu")) and os.environ.get("BYZER_MAGIC_FAST", "1") != "0"
+def fast_path_enabled(use_gpu: bool) -> bool:
+    return use_gpu and os.environ.get("BYZER_MAGIC_FAST", "1") != "0"
 
 
-def prepare_model(model, plan: dict):
-    """The model to hand to DeepSpeed (e.g. compiled, with fused kernels) for this plan's device."""
-    if not fast_path_enabled(plan):
+def prepare_model(model, *, use_gpu: bool, zero_stage: int):
+    """The model to hand to DeepSpeed (e.g. compiled, with fused kernels) for this device and ZeRO stage."""
+    if not fast_path_enabled(use_gpu):
         return model
-    zero_stage = int(((plan.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0) or 0)
     done = []
     try:
         if use_sdpa_attention(model):
