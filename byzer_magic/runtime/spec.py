@@ -122,6 +122,9 @@ class TrainingSection(_Checked):
     seed: int = param(42, "random seed (model init, shuffling, the held-out split)", low=0, high=2 ** 32 - 1)
     warmup_ratio: float = param(0.05, "warmup share of the steps for the default schedule", low=0.0, high=1.0)
     max_failures: int = param(3, "restarts from the last checkpoint after a lost worker or node", low=0, high=1000)
+    max_skipped_steps: int = param(50, "optimizer steps DeepSpeed may skip over the run (fp16 gradient overflow, "
+                                       "the loss scale's first steps included) before the job fails "
+                                       "(runtime/worker/health.py)", low=0, high=1 << 40)
 
 
 @dataclass
