@@ -142,12 +142,13 @@ def build_model(model_type: str, model_config: dict | None = None, *,
         return AutoModelForCausalLM.from_config(config)
 
 
-def load_model(model_type: str, model_dir: str, *,
-               dtype: torch.dtype | str | None = None) -> transformers.PreTrainedModel:
+def load_model(model_type: str, model_dir: str, *, dtype: torch.dtype | str | None = None,
+               device: "torch.device | str | None" = None) -> transformers.PreTrainedModel:
     """The model in a Hugging Face folder (config.json + weights), for continued pretraining.
 
     The folder's own config.json decides the class; a Baichuan folder loads into ``BaiChuanForCausalLM``
-    without running the folder's remote code. ``dtype=None`` keeps transformers' default.
+    without running the folder's remote code. ``dtype=None`` keeps transformers' default; ``device``: the
+    weights are read straight onto it (no copy of the model on the host first).
     """
     family = _resolve(model_type)
     path = Path(model_dir).expanduser()
@@ -163,6 +164,8 @@ def load_model(model_type: str, model_dir: str, *,
     if folder_type != family.hf_model_type:
         log.warning("%s holds a %r model, loaded as such (asked for %s)", path, folder_type, model_type)
     kwargs = {_DTYPE_KW: _to_dtype(dtype)} if dtype is not None else {}
+    if device is not None and torch.device(device).type != "cpu":
+        kwargs["device_map"] = str(torch.device(device))  # safetensors are read onto the device directly
     model_class = BaiChuanForCausalLM if folder_type == BaiChuanConfig.model_type else AutoModelForCausalLM
     try:
         return model_class.from_pretrained(str(path), **kwargs)
@@ -171,16 +174,30 @@ def load_model(model_type: str, model_dir: str, *,
 
 
 def build_training_model(model_type: str, *, model_path: str | None = None, model_config: dict | None = None,
-                         get_model_file: str | None = None, device: "torch.device | None" = None,
-                         dtype: torch.dtype | None = None) -> torch.nn.Module:
+                         get_model_file: str | None = None, device: "torch.device | str | None" = None,
+                         dtype: torch.dtype | str | None = None) -> torch.nn.Module:
     """The model a training worker starts from: the user's ``get_model()`` (pickled by the kernel), the
     folder it continues from, or a fresh one of ``model_type``. ``device``/``dtype``: where and in which
-    dtype the worker will train it (the one place that decides how a worker builds its model)."""
+    dtype the worker will train it (the one place that decides how a worker builds its model).
+
+    A fresh model is created on ``device`` in ``dtype`` directly: a 7B model is initialised on the GPU
+    in bf16 in about a second, where fp32 on the host took ~100 s and 27 GB (issue 13). Weights from a
+    folder are read onto the device; a ``get_model()`` runs under the same device and dtype defaults
+    and is moved there afterwards if it placed its tensors elsewhere."""
+    torch_dtype = _to_dtype(dtype)
+    where = contextlib.nullcontext() if device is None else torch.device(device)
     if get_model_file:
         from ray import cloudpickle  # noqa: PLC0415
 
         with open(get_model_file, "rb") as f:
-            return cloudpickle.load(f)()
-    if model_path:
-        return load_model(model_type, model_path)
-    return build_model(model_type, model_config)
+            get_model = cloudpickle.load(f)
+        with where, _default_dtype(torch_dtype):
+            model = get_model()
+    elif model_path:
+        return load_model(model_type, model_path, dtype=torch_dtype, device=device)
+    else:
+        with where:
+            model = build_model(model_type, model_config, dtype=torch_dtype)
+    if isinstance(model, torch.nn.Module) and (device is not None or torch_dtype is not None):
+        model = model.to(device=device, dtype=torch_dtype)
+    return model
