@@ -126,6 +126,23 @@ def start(logdir: str | os.PathLike, *, keep: bool = False, timeout: float = 60,
         return _launch(logdir, keep=keep, timeout=timeout, reload_interval=reload_interval)
 
 
+def start_for_job(job_dir: str | os.PathLike, *, timeout: float = 60) -> str | None:
+    """Start (or reuse) TensorBoard on 127.0.0.1 for the job in ``job_dir`` (its ``tensorboard/``
+    folder) and print its address, which lands in the job's log; returns the URL, or None (and prints
+    why) when it could not start: training goes on without it. Rank 0 calls this; the server ends
+    with the calling process."""
+    from byzer_magic.runtime.jobfiles import JobFiles  # noqa: PLC0415
+
+    files = JobFiles(job_dir)
+    outcome = start(files.tensorboard_dir, timeout=timeout)
+    if isinstance(outcome, (Launched, Reused)):
+        print(f"[{files.root.name}] TensorBoard: {outcome.info.url} (logdir {outcome.info.logdir}, "
+              f"pid {outcome.info.pid})", flush=True)
+        return outcome.info.url
+    print(f"[{files.root.name}] TensorBoard did not start: {outcome.message}", flush=True)
+    return None
+
+
 def find(logdir: str | os.PathLike) -> ServerInfo | None:
     """The live server for ``logdir``, or None (a dead server's info file is removed)."""
     path = _info_path(os.path.realpath(logdir))
