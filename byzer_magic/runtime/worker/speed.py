@@ -12,7 +12,11 @@ names or its checkpoints:
 - the LM head computes the next-token loss itself (``linear_cross_entropy``): bf16 logits, one fused
   softmax kernel, and the gradients taken in the same pass, so no fp32 [tokens, vocab] tensor exists.
 
-``BYZER_MAGIC_FAST=0`` turns all three off (the plain path on a GPU, as tests/test_gpu.py compares).
+Under ZeRO-3 (no whole-layer compile) RMSNorm, SwiGLU and RoPE are fused one by one instead (fused.py).
+Compiled kernels are cached in ``$BYZER_MAGIC_HOME/compile_cache`` (or ``compile_cache``): the next job
+of the same shapes skips most of the compile (docs/PERF_NOTES.md, "First step").
+
+``BYZER_MAGIC_FAST=0`` turns all off (the plain path on a GPU, as tests/test_gpu.py compares).
 """
 from __future__ import annotations
 
@@ -37,11 +41,12 @@ def fast_path_enabled(use_gpu: bool) -> bool:
     return use_gpu and os.environ.get("BYZER_MAGIC_FAST", "1") != "0"
 
 
-def prepare_model(model, *, use_gpu: bool, zero_stage: int):
-    """The model to hand to DeepSpeed (e.g. compiled, with fused kernels) for this device and ZeRO stage."""
+def prepare_model(model, *, use_gpu: bool, zero_stage: int, compile_cache: str | None = None):
+    """The model to hand to DeepSpeed (e.g. compiled, with fused kernels) for this device and ZeRO stage.
+    ``compile_cache``: where compiled kernels are kept (default ``$BYZER_MAGIC_HOME/compile_cache``)."""
     if not fast_path_enabled(use_gpu):
         return model
-    done = []
+    done = [f"compile cache {use_compile_cache(compile_cache)}"]
     try:
         if use_sdpa_attention(model):
             order = prefer_fast_sdpa_backends()
@@ -51,8 +56,11 @@ def prepare_model(model, *, use_gpu: bool, zero_stage: int):
     if use_fused_loss(model):
         done.append("fused linear+cross-entropy loss")
     if zero_stage < 3:
-        # ZeRO-3 gathers each sub-module's weights in forward hooks, which a compiled layer would trace.
         done.append(f"{compile_layers(model)} layers compiled")
+    else:  # ZeRO-3 gathers each sub-module's weights in forward hooks, which a compiled layer would trace
+        from byzer_magic.runtime.worker.fused import fuse_pieces  # noqa: PLC0415
+
+        done.append(f"fused {', '.join(fuse_pieces(model)) or 'nothing'}")
     print(f"[speed] {type(model).__name__}: {', '.join(done) or 'no change'}", flush=True)
     return model
 
@@ -63,6 +71,20 @@ def causal_lm_loss(engine, input_ids):
 
 
 # -- compiled layers ---------------------------------------------------------------------------------
+
+def use_compile_cache(folder: str | None = None) -> str:
+    """Point inductor's on-disk caches (FX graphs, AOT autograd, Triton kernels) at a folder that
+    outlives the job, unless the environment already chose one; returns the folder in use."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    if folder is None:
+        from byzer_magic.runtime.home import state_dir  # noqa: PLC0415
+
+        folder = os.path.join(state_dir(), "compile_cache")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return str(folder)
+
 
 def decoder_layers(model) -> list:
     """The model's repeated blocks (``model.model.layers`` for LLaMA-family models), or []."""
