@@ -15,13 +15,14 @@ from byzer_magic.language.interpolation import interpolate
 from byzer_magic.language.parser import parse_cell
 from byzer_magic.language.statements import RunStatement, SetupStatement
 from byzer_magic.runtime import config, tensorboard
-from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.kernel.jobs import JobHandle
 from byzer_magic.runtime.worker.metrics import MetricsWriter
-from byzer_magic.widgets import (ConfigForm, JobMonitor, frame_url, jobs_table, loss_svg, tensorboard_frame)
+from byzer_magic.widgets import (ConfigForm, JobMonitor, LossPlot, frame_url, jobs_table, loss_svg,
+                                 tensorboard_frame)
 from byzer_magic.widgets.form import DS_DEFAULTS, RUN_PARAMETERS
 from byzer_magic.widgets.loss_plot import smooth
 from byzer_magic.widgets.tensorboard_frame import jupyter_base_url
+from tests.support.jobs import write_job_folder
 
 TOTAL = 20
 
@@ -60,12 +61,7 @@ def log_steps(job_dir, first, last):
 
 @pytest.fixture
 def job(tmp_path):
-    job_dir = tmp_path / "demo"
-    job_dir.mkdir()
-    files = JobFiles(job_dir)
-    files.write_json("job.json", {"name": "demo", "submitted_at": time.strftime("%Y-%m-%d %H:%M:%S",
-                                                                                time.localtime(time.time() - 90))})
-    files.write_json("plan.json", {"total_steps": TOTAL})
+    job_dir = write_job_folder(tmp_path / "demo", "demo", total_steps=TOTAL, submitted_at=time.time() - 90)
     log_steps(job_dir, 1, 5)
     return FakeJob("demo", job_dir)
 
@@ -139,6 +135,61 @@ def test_logs_toggle_and_log_scale(job):
     monitor.plot.log_scale.value = True
     assert "loss (log)" in monitor.plot.svg.value
     monitor.close()
+
+
+def _recording_shell(monkeypatch):
+    """The test IPython shell, its display messages recorded (data, transient display id, update?)."""
+    from IPython.core.displaypub import CapturingDisplayPublisher
+    from IPython.testing.globalipapp import get_ipython
+
+    shell = get_ipython()
+    monkeypatch.setattr(shell, "display_pub", CapturingDisplayPublisher())
+    return shell, shell.display_pub.outputs
+
+
+def test_monitor_output_carries_a_static_picture_kept_current(job, monkeypatch):
+    """Without a kernel (nbconvert, GitHub) the output is the text/html beside the widget view: the
+    status, progress and the loss curve as SVG; the status's change updates that same output."""
+    shell, outputs = _recording_shell(monkeypatch)
+    monitor = JobMonitor(job, start=False)
+    shell.user_ns["monitor"] = monitor
+    shell.run_cell("monitor")  # as a cell's value: a display with an id, no execute_result
+    assert len(outputs) == 1 and not outputs[0]["update"]
+    first, display_id = outputs[0]["data"], outputs[0]["transient"]["display_id"]
+    assert first["application/vnd.jupyter.widget-view+json"]["model_id"] == monitor.model_id
+    assert "data-status='RUNNING'" in first["text/html"] and 'data-points="5"' in first["text/html"]
+    assert "width:25.0%" in first["text/html"] and first["text/plain"].startswith("job demo: RUNNING · 5 / 20")
+
+    log_steps(job.job_dir, 6, 12)
+    monitor.refresh_now()  # the curve grew, the status did not change: the live view is left alone
+    assert len(outputs) == 1
+    log_steps(job.job_dir, 13, TOTAL)
+    job.fake_status = "SUCCEEDED"
+    monitor.refresh_now()
+    last = outputs[-1]
+    assert last["update"] and last["transient"]["display_id"] == display_id
+    assert "data-status='SUCCEEDED'" in last["data"]["text/html"] and 'data-points="20"' in last["data"]["text/html"]
+    assert "width:100.0%" in last["data"]["text/html"] and "polyline class=\"smoothed\"" in last["data"]["text/html"]
+    monitor.close()
+
+
+def test_every_widget_output_has_a_static_picture(monkeypatch, tmp_path):
+    shell, outputs = _recording_shell(monkeypatch)
+    form = ConfigForm(TABLES)
+    shell.user_ns["form"] = form
+    shell.run_cell("form")
+    assert "<pre>!byzerllm setup sfft;" in outputs[-1]["data"]["text/html"]
+    form.fields["inputTable"].value = "finalTrainData"
+    form.preview_button.click()  # what the form says is kept in its output too
+    assert outputs[-1]["update"] and "inputTable=&quot;finalTrainData&quot;" in outputs[-1]["data"]["text/html"]
+
+    monkeypatch.setattr(tensorboard, "_CHILD", "import sys; print('bad flag'); sys.exit(2)")
+    shell.user_ns["frame"] = tensorboard_frame(tmp_path / "tb", background=False)
+    shell.run_cell("frame")
+    assert "bad flag" in outputs[-1]["data"]["text/html"] and "%byzerllm tensorboard NAME" in outputs[-1]["data"]["text/html"]
+    shell.user_ns["plot"] = LossPlot([(1, 3.0), (2, 2.0)])
+    shell.run_cell("plot")
+    assert outputs[-1]["data"]["text/html"].startswith('<svg class="byzer-loss-plot" data-points="2"')
 
 
 # -- loss plot, jobs table ----------------------------------------------------------------------------

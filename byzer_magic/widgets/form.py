@@ -7,6 +7,7 @@ Text values are literal: ``${`` is escaped, so what is typed is what the job get
 from __future__ import annotations
 
 import copy
+import html
 import json
 from dataclasses import fields
 from typing import Callable, Sequence
@@ -14,6 +15,7 @@ from typing import Callable, Sequence
 import ipywidgets as widgets
 
 from byzer_magic.runtime.config import DEFAULT_CONFIG, TrainArgs
+from byzer_magic.widgets.static import StaticFallback
 
 MODEL_TYPES = ("sfft/llama2", "sfft/baichuan")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -55,7 +57,7 @@ _STYLE = {"description_width": "260px"}
 _WIDE = widgets.Layout(width="640px")
 
 
-class ConfigForm(widgets.VBox):
+class ConfigForm(StaticFallback, widgets.VBox):
     """The form. ``tables``: the session's tables, offered as ``inputTable``; ``on_launch(cell_text)``
     runs the cell (the Launch button is disabled without it). ``fields`` maps each parameter
     (``name``, ``sfft.int.max_length``, ``num_gpus``, ``zero_stage``, ...) to its widget."""
@@ -178,7 +180,16 @@ class ConfigForm(widgets.VBox):
     def show_preview(self) -> str:
         self.preview.value = self.to_cell_text()
         self.preview.layout.display = ""
+        self.refresh_static()
         return self.preview.value
+
+    def static_html(self) -> str:
+        """Without a kernel: the cell the form stands for."""
+        return (f"<div class='byzer-config-form byzer-static'><div>%%byzerllm cell of the form:</div>"
+                f"<pre>{html.escape(self.to_cell_text())}</pre></div>")
+
+    def static_text(self) -> str:
+        return "%%byzerllm\n" + self.to_cell_text()
 
     def launch(self) -> None:
         text = self.show_preview()

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import ipywidgets as widgets
 
+from byzer_magic.widgets.static import StaticFallback
+
 WIDTH, HEIGHT = 720, 260
 _LEFT, _RIGHT, _TOP, _BOTTOM = 60, 14, 24, 34
 MAX_DRAWN = 800  # a week-long run logs 10^5+ steps: draw a bounded number of points
@@ -121,8 +123,9 @@ def _axes(x0, x1, y0, y1, px, py, log_scale, width, height) -> str:
     return "".join(parts)
 
 
-class LossPlot(widgets.VBox):
-    """The curve plus its controls: log scale, smoothing. ``set_points`` redraws only on change."""
+class LossPlot(StaticFallback, widgets.VBox):
+    """The curve plus its controls: log scale, smoothing. ``set_points`` redraws only on change; shown
+    without a kernel, the output is the SVG itself."""
 
     def __init__(self, points: Sequence[tuple[int, float]] = ()):
         self.points: list[tuple[int, float]] = list(points)
@@ -144,3 +147,12 @@ class LossPlot(widgets.VBox):
 
     def redraw(self) -> None:
         self.svg.value = loss_svg(self.points, smoothing=self.smoothing.value, log_scale=self.log_scale.value)
+
+    def static_html(self) -> str:
+        return self.svg.value
+
+    def static_text(self) -> str:
+        if not self.points:
+            return "loss curve: no step logged yet"
+        step, value = self.points[-1]
+        return f"loss curve: {len(self.points)} points, step {step}: loss {value:.4g}"

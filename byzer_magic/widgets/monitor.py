@@ -3,7 +3,9 @@ TensorBoard and a Stop button.
 
 Everything it shows comes from the job API (``JobHandle``): the curve from the job folder's metrics,
 so a monitor created later, even in another kernel, shows the whole run so far. A daemon thread
-polls while the job runs; the kernel stays free for other cells.
+polls while the job runs; the kernel stays free for other cells. Its output also carries a static
+picture of the same (``widgets/static.py``), updated when the status changes, so that the saved
+notebook shows how the run ended.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import ipywidgets as widgets
 
 from byzer_magic.runtime.kernel.jobs import TERMINAL, JobHandle
 from byzer_magic.widgets.loss_plot import LossPlot
+from byzer_magic.widgets.static import StaticFallback
 
 _COLORS = {"PENDING": "#6c757d", "RUNNING": "#0d6efd", "SUCCEEDED": "#198754", "FAILED": "#dc3545",
            "STOPPED": "#fd7e14", "LOST": "#6c757d"}
@@ -22,7 +25,7 @@ _BAR = {"RUNNING": "info", "SUCCEEDED": "success", "FAILED": "danger", "STOPPED"
 _CONFIRM_SECONDS = 5  # a second click within this time stops the job: one stray click must not end a week
 
 
-class JobMonitor(widgets.VBox):
+class JobMonitor(StaticFallback, widgets.VBox):
     """Watch one job. ``refresh`` is the polling interval in seconds; ``proxy_url`` is passed to the
     TensorBoard frame (see ``tensorboard_frame``)."""
 
@@ -84,7 +87,10 @@ class JobMonitor(widgets.VBox):
             self._show_progress(status, metrics)
             if self.logs_button.value:
                 self._load_logs()
+            changed = status != self.status
             self.status, self.plot_data = status, points  # last: readers see a finished update
+        if changed:
+            self.refresh_static()
 
     def _show_status(self, status: str) -> None:
         self.status_label.value = status
@@ -154,6 +160,31 @@ class JobMonitor(widgets.VBox):
         self.plot.close()
         super().close()
 
+    # -- without a kernel ---------------------------------------------------------------------------------
+
+    def static_html(self) -> str:
+        """The monitor as plain HTML: title, status, progress, speed, the curve and the paths."""
+        status = self.status_label.value or "?"
+        share = 100 * self.progress.value / max(self.progress.max, 1)
+        bar = _COLORS.get(status, "#0d6efd") if status != "RUNNING" else "#0dcaf0"
+        return (f"<div class='byzer-job-monitor byzer-static' data-status='{html.escape(status)}' "
+                "style='font-family:sans-serif;font-size:13px'>"
+                f"<div><b>{html.escape(self.handle.name)}</b> <span style='margin-left:12px;font-weight:bold;"
+                f"color:{_COLORS.get(status, 'black')}'>{html.escape(status)}</span></div>"
+                "<div style='margin:4px 0'><span style='display:inline-block;vertical-align:middle;width:420px;"
+                "height:12px;background:#e9ecef;border-radius:3px;overflow:hidden'><span class='byzer-progress' "
+                f"style='display:block;height:100%;width:{share:.1f}%;background:{bar}'></span></span> "
+                f"<span>{html.escape(self.progress_text.value)}</span></div>"
+                f"<div>{html.escape(self.speed.value)}</div>{self.plot.static_html()}{self.paths.value}"
+                f"<div style='color:#888;font-size:11px'>as of {time.strftime('%Y-%m-%d %H:%M:%S')}; "
+                f"live in a notebook: <code>%byzerllm attach {html.escape(self.handle.name)}</code></div></div>")
+
+    def static_text(self) -> str:
+        parts = [f"job {self.handle.name}: {self.status_label.value or '?'}", self.progress_text.value]
+        if self.plot_data:
+            parts.append(self.speed.value)
+        return " · ".join(p for p in parts if p)
+
     # -- buttons ----------------------------------------------------------------------------------------
 
     def _on_stop(self, _button=None) -> None:
@@ -205,7 +236,7 @@ def _paths_html(handle: JobHandle) -> str:
 
 
 def _started(handle: JobHandle, metrics) -> float | None:
-    submitted = handle.spec.get("submitted_at")
+    submitted = handle.spec.job.submitted_at if handle.spec else None
     if submitted:
         try:
             return time.mktime(time.strptime(submitted, "%Y-%m-%d %H:%M:%S"))

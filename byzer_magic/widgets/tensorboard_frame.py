@@ -21,6 +21,7 @@ from typing import Mapping
 import ipywidgets as widgets
 
 from byzer_magic.runtime import tensorboard
+from byzer_magic.widgets.static import StaticFallback
 
 
 def frame_url(port: int, proxy_url: str | None = None, *, environ: Mapping[str, str] | None = None,
@@ -72,7 +73,7 @@ def _running_servers() -> list[dict]:
     return servers
 
 
-class TensorBoardFrame(widgets.VBox):
+class TensorBoardFrame(StaticFallback, widgets.VBox):
     """A message ("Launching TensorBoard…", then what happened) and the iframe once the server answers
     and has scalars to show. The server starts in a thread, so that the cell returns at once;
     ``wait()`` blocks until the frame is shown or the start failed (``background=False``: the
@@ -130,6 +131,17 @@ class TensorBoardFrame(widgets.VBox):
             self.message.value = f'<pre style="color:#dc3545">TensorBoard: {html.escape(repr(err))}</pre>'
         finally:
             self._done.set()
+            self.refresh_static()
+
+    def static_html(self) -> str:
+        """Without a kernel the server is gone: what it served and how to see it again."""
+        return (f"<div class='byzer-tensorboard-static byzer-static'>{self.message.value}<br>"
+                f"<span style='color:#888'>TensorBoard for <code>{html.escape(self.logdir)}</code> is served "
+                "by the notebook's kernel; run <code>%byzerllm tensorboard NAME</code> (or <code>tensorboard "
+                f"--logdir {html.escape(self.logdir)}</code>) to see it again.</span></div>")
+
+    def static_text(self) -> str:
+        return f"TensorBoard for {self.logdir}" + (f" at {self.url}" if self.url else "")
 
 
 def tensorboard_frame(logdir: str | os.PathLike, *, keep: bool = False, proxy_url: str | None = None,
