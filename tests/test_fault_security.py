@@ -75,3 +75,108 @@ def test_job_folder_reaches_the_entrypoint_as_one_quoted_argument(ray_cluster, t
     logs = client.get_job_logs(submission_id)
     assert f"no job.json in {job_dir}: not a byzer-magic job folder" in logs, logs
     assert not marker.exists() and status == JobStatus.FAILED
+
+
+def test_a_request_without_rays_token_is_refused(ray_cluster, byzer_home):
+    """The head's HTTP API (the Jobs API, the state API) answers only with the token: none is 401, a
+    wrong one 403, and a job submitted without it is never created."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def call(path: str, token: str | None, body: dict | None = None) -> int:
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+        request = urllib.request.Request(ray_cluster.dashboard_url + path, headers=headers,
+                                         data=json.dumps(body).encode() if body else None)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    token = (byzer_home / "ray_auth_token").read_text().strip()
+    submission_id = f"no-token-{uuid.uuid4().hex[:8]}"
+    assert call("/api/jobs/", None) == 401
+    assert call("/api/v0/actors", None) == 401
+    assert call("/api/jobs/", "0" * 64) == 403
+    assert call("/api/jobs/", None, {"entrypoint": "true", "submission_id": submission_id}) == 401
+    assert call("/api/jobs/", token) == 200
+    assert call(f"/api/jobs/{submission_id}", token) == 404
+
+
+def test_state_folders_must_be_the_users_own(tmp_path, monkeypatch):
+    """A state folder another user made (it could hold a planted token or head record) is refused;
+    one of ours left group/world-readable is tightened to 0700."""
+    from byzer_magic.runtime.home import state_dir
+
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    monkeypatch.setenv("BYZER_MAGIC_HOME", str(loose))
+    assert state_dir() == loose and (loose.stat().st_mode & 0o777) == 0o700
+    if os.getuid() != 0:
+        pytest.skip("making a folder another user owns needs root")
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o700)
+    os.chown(planted, 65534, 65534)
+    monkeypatch.setenv("BYZER_MAGIC_HOME", str(planted))
+    with pytest.raises(ByzerError, match=f"state folder {planted} belongs to another user"):
+        state_dir()
+
+
+def test_secrets_never_reach_the_jobs_api(ray_cluster, byzer_home, tmp_path, monkeypatch):
+    """HF_TOKEN and the like go to the driver through a 0600 file in the job folder, which the driver
+    consumes; the job's metadata and runtime_env, as the Jobs API shows them, never hold them (plain
+    variables such as HF_HOME still travel in env_vars). A real Ray Job, read back without our SDK."""
+    import json
+    import urllib.request
+
+    from ray.job_submission import JobSubmissionClient
+
+    from byzer_magic.runtime import cluster, job_env
+    from byzer_magic.runtime.kernel import ray_job
+
+    values = {"HF_TOKEN": f"hf_{uuid.uuid4().hex}", "WANDB_API_KEY": uuid.uuid4().hex,
+              "MLFLOW_TRACKING_PASSWORD": uuid.uuid4().hex}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    job_dir = tmp_path / "job-secret"
+    job_dir.mkdir(mode=0o700)
+    entrypoint, runtime_env = ray_job.runtime_env_for({"job_dir": str(job_dir)}, cluster.connect())
+    secrets_file = job_dir / job_env.SECRETS_FILE
+    assert (secrets_file.stat().st_mode & 0o777) == 0o600 and json.loads(secrets_file.read_text()) == values
+    secrets_file.unlink()
+
+    submission_id = f"secrets-{uuid.uuid4().hex[:8]}"
+    info = cluster.connect()
+    ray_job.submit_ray_job({"job_dir": str(job_dir), "submission_id": submission_id, "name": submission_id}, info)
+    client = JobSubmissionClient(info.dashboard_url)
+    deadline = time.time() + 300
+    while not client.get_job_status(submission_id).is_terminal():
+        assert time.time() < deadline
+        time.sleep(1)
+    assert "no job.json" in client.get_job_logs(submission_id)  # the driver ran: and it consumed the file
+    assert not secrets_file.exists()
+    token = (byzer_home / "ray_auth_token").read_text().strip()
+    seen = []
+    for path in (f"/api/jobs/{submission_id}", "/api/jobs/", "/api/v0/jobs"):
+        request = urllib.request.Request(info.dashboard_url + path, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            seen.append(response.read().decode())
+    assert submission_id in seen[0] and str(tmp_path / "hf-home") in seen[0]  # plain variables still go
+    for key, value in values.items():
+        assert all(value not in text for text in seen), f"{key} is readable through the Jobs API"
+
+
+def test_the_driver_takes_its_secrets_from_the_file(tmp_path, monkeypatch):
+    from byzer_magic.runtime import job_env
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    plain, secret = job_env.split_env({"HF_TOKEN": "t", "HF_HOME": "/h", "NCCL_DEBUG": "INFO", "HOME": "/root",
+                                       "WANDB_API_KEY": "k", "HUGGING_FACE_HUB_TOKEN": "u"})
+    assert plain == {"HF_HOME": "/h", "NCCL_DEBUG": "INFO"}
+    assert secret == {"HF_TOKEN": "t", "WANDB_API_KEY": "k", "HUGGING_FACE_HUB_TOKEN": "u"}
+    job_env.write_secrets(tmp_path, {"HF_TOKEN": "t"})
+    assert job_env.load_secrets(tmp_path) == {"HF_TOKEN": "t"} and os.environ["HF_TOKEN"] == "t"
+    assert not (tmp_path / job_env.SECRETS_FILE).exists() and job_env.load_secrets(tmp_path) == {}

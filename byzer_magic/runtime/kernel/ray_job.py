@@ -1,35 +1,59 @@
 """Submit a job's driver as a Ray Job (the Jobs API on the cluster's dashboard): what the driver
 process gets (its entrypoint, environment and metadata), and the retry while a new head's job agent
-starts. The one place a Ray Job is created (a new job and a resume)."""
+starts. The one place a Ray Job is created (a new job and a resume).
+
+On the embedded head the driver runs this kernel's Python, where byzer-magic is installed. On any
+other cluster the job ships byzer-magic itself (``runtime_env.py_modules``) and, through
+``runtime_env.pip``, those of its requirements that some node lacks; before that a pre-flight task on
+every node checks it shares the job folder (runtime/preflight.py). Secrets never enter the job's
+metadata or runtime_env (runtime/job_env.py).
+"""
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
 
 from byzer_magic.errors import ByzerError
-from byzer_magic.runtime import cluster
+from byzer_magic.runtime import cluster, job_env
 from byzer_magic.runtime.kernel.jobs import METADATA_KEY
+
+
+def runtime_env_for(spec: dict, info: cluster.ClusterInfo) -> tuple[str, dict]:
+    """The job's entrypoint and runtime_env; writes its secrets file. Runs the pre-flight check on a
+    cluster byzer-magic did not start (a ByzerError names each node that cannot use the job folder)."""
+    env, secrets = job_env.split_env()
+    env.setdefault("NCCL_NVLS_ENABLE", "0")
+    # Ray Train's workers tee print() into its logger, which writes it again: each line twice in the log.
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    runtime_env: dict = {"env_vars": env}
+    python = sys.executable
+    if not info.embedded:
+        from byzer_magic.runtime import preflight, remote  # noqa: PLC0415
+
+        reports = preflight.check_nodes(spec["job_dir"])
+        runtime_env.update(remote.kernel_runtime_env())
+        missing = preflight.missing_requirements(reports)
+        if missing:
+            runtime_env["pip"] = missing
+        python = "python"  # the node's own (or, with pip, the job's virtualenv's)
+    job_env.write_secrets(spec["job_dir"], secrets)
+    entrypoint = f"{shlex.quote(python)} -m byzer_magic.runtime.job_env {shlex.quote(spec['job_dir'])}"
+    return entrypoint, runtime_env
 
 
 def submit_ray_job(spec: dict, info: cluster.ClusterInfo) -> None:
     from ray.job_submission import JobSubmissionClient  # noqa: PLC0415
 
-    python = sys.executable if info.embedded else "python"
-    env = {k: v for k, v in os.environ.items() if k.startswith(("TORCH_EXTENSIONS_DIR", "NCCL_", "HF_"))}
-    env.setdefault("NCCL_NVLS_ENABLE", "0")
-    # Ray Train's workers tee print() into its logger, which writes it again: each line twice in the log.
-    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    entrypoint, runtime_env = runtime_env_for(spec, info)
     client = JobSubmissionClient(info.dashboard_url)
     deadline = time.time() + 90
     while True:
         try:
             client.submit_job(
-                entrypoint=f"{shlex.quote(python)} -m byzer_magic.runtime.driver.entry {shlex.quote(spec['job_dir'])}",
-                submission_id=spec["submission_id"],
+                entrypoint=entrypoint, submission_id=spec["submission_id"],
                 metadata={METADATA_KEY: "1", "name": spec["name"], "job_dir": spec["job_dir"]},
-                runtime_env={"env_vars": env} if env else None)
+                runtime_env=runtime_env)
             return
         except RuntimeError as err:
             # A head that has just started has no job agent for a few seconds.
@@ -38,5 +62,3 @@ def submit_ray_job(spec: dict, info: cluster.ClusterInfo) -> None:
                     raise ByzerError(f"the cluster already has a job named {spec['submission_id']!r}") from None
                 raise
             time.sleep(2)
-
-
