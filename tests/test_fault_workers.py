@@ -140,7 +140,7 @@ def run_killed_while_saving(setup: Setup) -> dict:
     out["released"] = wait_released(handle)  # a failed job frees its actors, placement group and processes
     out["last_checkpoint"] = handle.last_checkpoint.name
     handle = resume(handle.name, local_path_prefix=str(setup.jobs))
-    out.update(resumed_from=handle.spec["resumed_from"], status_resumed=handle.wait(timeout=RUN_TIMEOUT),
+    out.update(resumed_from=handle.spec.job.resumed_from, status_resumed=handle.wait(timeout=RUN_TIMEOUT),
                metrics=handle.metrics(), final=checkpoint_state(handle.checkpoint_dir), logs=handle.logs())
     return out
 
@@ -184,15 +184,16 @@ def thaw_once_ended(handle, pids, timeout: float = 120) -> None:
 def setup(ray_cluster, tmp_path_factory) -> Setup:
     import ray.data
 
-    from byzer_magic.runtime.worker import data
+    from byzer_magic.runtime.driver.tokenise import build_store
 
     root = tmp_path_factory.mktemp("faults")
     tokenizer = train_sentencepiece(root / "tok")
     model_dir = make_tiny_llama_dir(root / "llama", tokenizer)
     text = root / "corpus.txt"
     text.write_text("\n".join(p.read_text() for p in stdlib_text_files(4)))
-    tokens = data.build_token_cache(ray.data.from_items([{"text": text.read_text()}]), root / "tokens",
-                                    tokenizer_path=str(tokenizer))
+    tokens = root / "tokens"
+    build_store(lambda: ray.data.from_items([{"text": text.read_text()}]), tokens, tokenizer_path=str(tokenizer),
+                text_column="text", by_partition=False)
     return Setup(jobs=root / "jobs", model_dir=model_dir, text=text, tokens=tokens, tag=uuid.uuid4().hex[:6])
 
 
@@ -273,7 +274,7 @@ and `sfft.int.checkpoint_every`="{EVERY}" and `sfft.int.keep_checkpoints`="{KEEP
     result = byzer(f"""run command as LLM.`` where {common} and resume="true" and detached="false";""")
     assert result.status == "SUCCEEDED" and result.steps == STEPS
     handle = JobHandle(name, setup.jobs / name)
-    assert handle.spec["resumed_from"].endswith(stopped_at) and handle.submission_id == f"{name}-r1"
+    assert handle.spec.job.resumed_from.endswith(stopped_at) and handle.submission_id == f"{name}-r1"
     assert f"resumed from {handle.checkpoint_dir / stopped_at} at step {_step(stopped_at)}" in handle.logs()
     reference = _result(runs, "unbroken")
     assert reference["status"] == "SUCCEEDED"

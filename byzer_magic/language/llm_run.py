@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from byzer_magic.errors import ByzerError
 from byzer_magic.language.llm_params import LLMRun, parse_llm_options
 from byzer_magic.language.statements import RunStatement
 
@@ -66,8 +65,7 @@ def _say_hardware(output, config) -> None:
 
 
 def _say_submitted(output, handle) -> None:
-    spec = handle.spec
-    for note in spec.get("notes", []):
+    for note in handle.spec.job.notes:
         output(f"note: {note}")
     output(f"Submitted job {handle.name} (detached): files in {handle.job_dir}. "
            f"Follow it with %byzerllm attach {handle.name}")
@@ -85,7 +83,7 @@ def _progress_printer(output, show=None) -> Callable:
         if status != state["status"]:
             state["status"] = status
             if status == "RUNNING" and state["printed"] == 0:
-                for note in handle.spec.get("notes", []):
+                for note in handle.spec.job.notes:
                     output(f"note: {note}")
         metrics = handle.metrics()
         if not len(metrics):
@@ -109,9 +107,7 @@ def _wait_blocking(handle, output, show=None):
     except KeyboardInterrupt:
         handle.stop()
         raise
-    if status != "SUCCEEDED":
-        raise ByzerError(f"job {handle.name} {status.lower()}: {(handle.files.read_json('result.json') or {}).get('error')}")
-    return TrainResult(**handle.result(), metrics=handle.metrics())
+    return TrainResult.of(handle, status)
 
 
 def _bind_output_table(session, name: str | None, handle_or_name) -> None:

@@ -228,19 +228,19 @@ class CorpusStats:
 class JobLayout:
     """The run as the driver laid it out (``plan.json``): every worker trains exactly ``total_steps``
     steps of ``tokens_per_step`` tokens, and the progress bar, the schedule and result.json agree."""
-    use_gpu: bool
-    micro_batch: int
-    grad_accum: int
-    ds_config: dict                        # DeepSpeed's own config, resolved for the hardware
-    corpus: CorpusStats
-    sequences_per_epoch: int               # per worker
-    steps_per_epoch: int
-    total_steps: int
-    tokens_per_step: int                   # all workers: micro_batch x grad_accum x workers x max_length
-    eval_every: int
-    eval_sequences: int                    # per evaluation, all workers together
-    store_dir: str                         # the token store (runtime/token_store.py)
-    model_dir: str
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    sequences_per_epoch: int = 0           # per worker
+    tokens_per_step: int = 0               # all workers: micro_batch x grad_accum x workers x max_length
+    use_gpu: bool = False
+    micro_batch: int = 1
+    grad_accum: int = 1
+    ds_config: dict = field(default_factory=dict)  # DeepSpeed's own config, resolved for the hardware
+    corpus: CorpusStats = field(default_factory=CorpusStats)
+    eval_every: int = 0
+    eval_sequences: int = 0                # per evaluation, all workers together
+    store_dir: str = ""                    # the token store (runtime/token_store.py)
+    model_dir: str = ""
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -249,6 +249,5 @@ class JobLayout:
     @classmethod
     def from_json(cls, value: dict) -> "JobLayout":
         value = dict(value)
-        value["corpus"] = CorpusStats(**value["corpus"])
+        value["corpus"] = CorpusStats(**value.get("corpus", {}))
         return cls(**value)
-

@@ -14,6 +14,7 @@ from typing import Callable
 from byzer_magic.errors import ByzerError, did_you_mean
 from byzer_magic.runtime.home import default_jobs_dir
 from byzer_magic.runtime.jobfiles import JobFiles
+from byzer_magic.runtime.spec import JobLayout, JobSpec
 from byzer_magic.runtime.worker.metrics import read_metrics
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED", "LOST")
@@ -34,8 +35,8 @@ class JobHandle:
     def __init__(self, name: str, job_dir: str | Path, submission_id: str | None = None):
         self.name = name
         self.files = JobFiles(job_dir)
-        spec = self.files.read_json("job.json") or {}
-        self.submission_id = submission_id or spec.get("submission_id") or name
+        spec = self.spec
+        self.submission_id = submission_id or (spec.job.submission_id if spec else name)
 
     def __repr__(self) -> str:
         return f"JobHandle({self.name!r}, status={self.status()!r}, job_dir='{self.files.root}')"
@@ -44,22 +45,27 @@ class JobHandle:
     model_dir = property(lambda self: self.files.model_dir)
     @property
     def checkpoint_dir(self) -> Path:
-        chosen = self.spec.get("train_args", {}).get("checkpoint_saving_path")
-        return Path(chosen).expanduser() / self.name if chosen else self.files.checkpoint_dir
+        spec = self.spec
+        return spec.checkpoint_dir if spec else self.files.checkpoint_dir
 
     tensorboard_dir = property(lambda self: self.files.tensorboard_dir)
 
     @property
-    def spec(self) -> dict:
-        return self.files.read_json("job.json") or {}
+    def spec(self) -> JobSpec | None:
+        """The job's configuration (``job.json``), None when the folder has none."""
+        raw = self.files.read_json("job.json")
+        return JobSpec.from_json(raw) if raw else None
 
     @property
-    def plan(self) -> dict:
-        return self.files.read_json("plan.json") or {}
+    def layout(self) -> JobLayout | None:
+        """How the driver laid out the run (``plan.json``), None until it has."""
+        raw = self.files.read_json("plan.json")
+        return JobLayout.from_json(raw) if raw else None
 
     @property
     def total_steps(self) -> int | None:
-        return self.plan.get("total_steps")
+        layout = self.layout
+        return layout.total_steps if layout else None
 
     @property
     def last_checkpoint(self) -> Path | None:
@@ -158,11 +164,15 @@ class JobHandle:
                 "steps": int(result.get("steps") or (last["step"] if last is not None else 0)),
                 "final_loss": result.get("final_loss", None if last is None else float(last["loss"]))}
 
+    def _submitted_at(self) -> str | None:
+        spec = self.spec
+        return spec.job.submitted_at if spec else None
+
     def summary(self) -> dict:
         """One row of ``%byzerllm jobs``."""
         metrics = self.metrics()
         last = metrics.iloc[-1] if len(metrics) else None
-        return {"name": self.name, "status": self.status(), "started": self.spec.get("submitted_at"),
+        return {"name": self.name, "status": self.status(), "started": self._submitted_at(),
                 "steps": f"{0 if last is None else int(last['step'])}/{self.total_steps or '?'}",
                 "last_loss": None if last is None else round(float(last["loss"]), 4),
                 "tokens_per_s": None if last is None or "tokens_per_s" not in last else
@@ -184,7 +194,7 @@ def list_jobs(jobs_dir: str | Path | None = None) -> list[JobHandle]:
         for job_dir in root.iterdir():
             if (job_dir / "job.json").exists() and job_dir.name not in found:
                 found[job_dir.name] = JobHandle(job_dir.name, job_dir)
-    return sorted(found.values(), key=lambda h: h.spec.get("submitted_at") or "")
+    return sorted(found.values(), key=lambda h: h._submitted_at() or "")
 
 
 def get_job(name: str, jobs_dir: str | Path | None = None) -> JobHandle:

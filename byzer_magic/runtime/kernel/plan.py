@@ -15,9 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from byzer_magic.errors import ByzerError
+from byzer_magic.runtime import shards
 from byzer_magic.runtime.config import ParallelConfig, resolve_ds_config
 from byzer_magic.runtime.kernel.plan_advice import (SLOW_FACTOR, GpuInfo, Layout, Option, candidates, detect_gpus,
                                              fastest_that_fits, host_available_bytes, make_option, measure_options)
+from byzer_magic.runtime.shards import BatchShape
 from byzer_magic.runtime.kernel.plan_memory import ModelShape, ZeroSetup, fmt_bytes, model_shape, usable_bytes
 
 __all__ = ["GpuInfo", "RunPlan", "check_launchable", "plan_run", "step_counts", "count_input_tokens"]
@@ -26,14 +28,14 @@ _COLUMNS = ("", "config", "memory/GPU", "tokens/s", "time")
 
 def step_counts(tokens: int, max_length: int, workers: int, micro_batch: int, grad_accum: int,
                 steps_per_epoch: int | None, epochs: int) -> tuple[int, int, int]:
-    """(packed sequences, steps per epoch, total steps): the job's own arithmetic (``job_entry.plan_job``).
-
-    Each optimizer step takes ``micro_batch x grad_accum`` sequences on every worker; a set
-    ``steps_per_epoch`` wins over what the data allows. A result of 0 steps per epoch means too little data.
+    """(packed sequences, steps per epoch, total steps) of ``tokens`` training tokens: the job's own
+    arithmetic (``runtime/shards.py``, ``driver/layout.py``). Each optimizer step takes ``micro_batch x
+    grad_accum`` sequences on every worker; a set ``steps_per_epoch`` is used as given (the job refuses
+    more than the data has: ``RunPlan.problems``). 0 steps per epoch means too little data.
     """
-    sequences = tokens // max_length
-    per_epoch = steps_per_epoch or max(0, sequences // workers // (micro_batch * grad_accum))
-    return sequences, per_epoch, per_epoch * epochs
+    shape = BatchShape(max_length=max_length, workers=workers, micro_batch=micro_batch, grad_accum=grad_accum)
+    per_epoch = steps_per_epoch or shards.steps_per_epoch(tokens, shape)
+    return tokens // max_length, per_epoch, per_epoch * epochs
 
 
 @dataclass
@@ -56,6 +58,7 @@ class RunPlan:
     best: Option | None = None
     documents: int | None = None
     tokens: int | None = None
+    train_tokens: int | None = None  # without the held-out documents (eval_ratio)
     sequences: int | None = None
     steps_per_epoch: int | None = None
     total_steps: int | None = None
@@ -75,6 +78,11 @@ class RunPlan:
         if self.max_positions and self.max_length > self.max_positions:
             out.append(f"max_length {self.max_length} is above the model's {self.max_positions} positions "
                        f"(max_position_embeddings): lower sfft.int.max_length to {self.max_positions} or less")
+        available = self.sequences // (self.workers * self.micro_batch * self.grad_accum) if self.sequences else 0
+        if self.steps_set and self.sequences is not None and self.steps_per_epoch > available > 0:
+            out.append(f"steps_per_epoch={self.steps_per_epoch} needs more than the data has ({available} steps of "
+                       f"{self.workers} worker(s) x micro-batch {self.micro_batch} x accumulation "
+                       f"{self.grad_accum}): lower sfft.int.steps_per_epoch, or leave it out for one pass")
         if self.sequences is not None and (self.sequences < self.workers or not self.steps_per_epoch):
             out.append(f"the input has {self.tokens:,} tokens = {self.sequences:,} sequences of {self.max_length}: "
                        f"too few for {self.workers} worker(s) x micro-batch {self.micro_batch} x accumulation "
@@ -103,7 +111,8 @@ class RunPlan:
         rows = [("model", f"{self.model}, {_count(self.params)} parameters" +
                  (f", {self.max_positions} positions" if self.max_positions else ""))]
         if self.tokens is not None:
-            rows.append(("input", f"{self.documents:,} documents, {self.tokens:,} tokens -> {self.sequences:,} "
+            held = f" ({self.tokens - self.train_tokens:,} held out)" if self.train_tokens != self.tokens else ""
+            rows.append(("input", f"{self.documents:,} documents, {self.tokens:,} tokens{held} -> {self.sequences:,} "
                                   f"sequences of {self.max_length}"))
         if self.total_steps is not None:
             rows.append(("steps", f"{self.steps_per_epoch:,} per epoch x {self.epochs} = {self.total_steps:,} "
@@ -174,14 +183,16 @@ def plan_run(config: ParallelConfig, *, measure: bool | None = None, gpus: list[
         gpus = detect_gpus()
     on_gpu = config.use_gpu if config.use_gpu is not None else bool(gpus)
     shape, model = describe_model(config)
-    documents = tokens = None
+    documents = tokens = train_tokens = None
     if count:
-        documents, tokens = count_input_tokens(config)
+        lengths = count_input_tokens(config)
+        train, _ = shards.split_eval(len(lengths), args.eval_ratio, args.seed)
+        documents, tokens, train_tokens = len(lengths), int(lengths.sum()), int(lengths[train].sum())
     ds_config, notes = resolve_ds_config(config.ds_config, on_gpu=on_gpu)
     micro, gas = int(ds_config["train_micro_batch_size_per_gpu"]), int(ds_config["gradient_accumulation_steps"])
     sequences = per_epoch = total = None
     if tokens is not None:
-        sequences, per_epoch, total = step_counts(tokens, args.max_length, config.num_workers, micro, gas,
+        sequences, per_epoch, total = step_counts(train_tokens, args.max_length, config.num_workers, micro, gas,
                                                   args.steps_per_epoch, args.epoches)
     elif args.steps_per_epoch:
         per_epoch, total = args.steps_per_epoch, args.steps_per_epoch * args.epoches
@@ -208,7 +219,8 @@ def plan_run(config: ParallelConfig, *, measure: bool | None = None, gpus: list[
     plan = RunPlan(model=model, params=shape.params, max_positions=shape.max_positions, max_length=args.max_length,
                    workers=config.num_workers, micro_batch=micro, grad_accum=gas, epochs=args.epoches, zero=zero,
                    checkpointing=config.gradient_checkpointing, on_gpu=on_gpu, device=device,
-                   capacity_bytes=capacity, yours=yours, documents=documents, tokens=tokens, sequences=sequences,
+                   capacity_bytes=capacity, yours=yours, documents=documents, tokens=tokens,
+                   train_tokens=train_tokens, sequences=sequences,
                    steps_per_epoch=per_epoch, total_steps=total, steps_set=bool(args.steps_per_epoch),
                    gpus_in_cluster=len(gpus), card_bytes=layout.card_bytes, notes=notes)
     if on_gpu:
@@ -317,18 +329,15 @@ def tokenizer_path(config: ParallelConfig) -> str:
 
 
 def _count_batch(batch, *, tokenizer_path: str, text_column: str):
-    from byzer_magic.runtime.worker.data import tokenize_batch  # noqa: PLC0415
+    from byzer_magic.runtime.driver.tokenise import tokenize_batch  # noqa: PLC0415
 
     return tokenize_batch(batch, tokenizer_path=tokenizer_path, text_column=text_column).select(["n"])
 
 
-def count_input_tokens(config: ParallelConfig) -> tuple[int, int]:
-    """(documents, tokens) of the run's input, end-of-text tokens included, as the job will tokenise it.
-
-    Tokenised in Ray Data tasks on the cluster; only each document's count leaves a task, and only the
-    two sums reach this process.
-    """
-    from ray.data.aggregate import Count, Sum  # noqa: PLC0415
+def count_input_tokens(config: ParallelConfig):
+    """Each document's token count (a NumPy array), end-of-text tokens included, as the job will
+    tokenise it. Tokenised in Ray Data tasks on the cluster; only the counts reach this process."""
+    import numpy as np  # noqa: PLC0415
 
     args = config.train_args
     if config.input_table is not None:
@@ -341,8 +350,8 @@ def count_input_tokens(config: ParallelConfig) -> tuple[int, int]:
         raise ByzerError("no training data: set inputTable (a table with a `text` column) or localDataDir")
     counts = ds.map_batches(_count_batch, batch_format="pyarrow", batch_size=256, zero_copy_batch=True,
                             fn_kwargs={"tokenizer_path": tokenizer_path(config), "text_column": column})
-    result = counts.aggregate(Count(), Sum("n"))
-    return int(result.get("count()") or 0), int(result.get("sum(n)") or 0)
+    parts = [batch["n"] for batch in counts.iter_batches(batch_format="numpy", batch_size=None)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 # -- formatting -----------------------------------------------------------------------------------

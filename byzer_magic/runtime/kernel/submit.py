@@ -10,17 +10,18 @@ import getpass
 import glob
 import os
 import re
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 from byzer_magic.errors import ByzerError, did_you_mean
 from byzer_magic.runtime import cluster
-from byzer_magic.runtime.config import ParallelConfig, parse_ds_config, resolve_ds_config
+from byzer_magic.runtime.config import ParallelConfig, resolve_ds_config
 from byzer_magic.runtime.home import default_jobs_dir
 from byzer_magic.runtime.jobfiles import JobFiles
+from byzer_magic.runtime.kernel.job_input import save_input
+from byzer_magic.runtime.kernel.job_spec import build_job_spec, check_inputs
 from byzer_magic.runtime.kernel.jobs import JobHandle
 from byzer_magic.runtime.kernel.ray_job import submit_ray_job
 
@@ -48,6 +49,7 @@ def job_dir_for(name: str, prefix: str | None) -> Path:
 
 @dataclass
 class TrainResult:
+    """A finished blocking run: the outputTable's row, and the logged steps."""
     name: str
     status: str
     model_dir: str
@@ -55,7 +57,21 @@ class TrainResult:
     tensorboard_dir: str
     steps: int
     final_loss: float | None
+    eval_loss: float | None = None
+    tokens_trained: int | None = None
+    corpus_tokens: int | None = None
+    epochs: int | None = None
+    trained_share: float | None = None
     metrics: object = None  # pandas DataFrame of the logged steps
+
+    @classmethod
+    def of(cls, handle: JobHandle, status: str) -> "TrainResult":
+        """The result of ``handle``'s run, or a ``ByzerError`` with its reason when it did not succeed."""
+        row = handle.result()
+        if status != "SUCCEEDED":
+            raise ByzerError(f"job {handle.name} {status.lower()}: {row.get('error') or handle.logs(tail=5)}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in known}, metrics=handle.metrics())
 
 
 class DeepSpeedTrain:
@@ -124,8 +140,9 @@ class DeepSpeedTrain:
 
     # -- the job --------------------------------------------------------------------------------
     def submit(self) -> JobHandle:
-        """Check the run, snapshot its input into the job folder, and submit it as a Ray Job."""
+        """Check the run, leave its input in the job folder, and submit it as a Ray Job."""
         cfg, args = self.config, self.config.train_args
+        check_inputs(cfg)
         info = cluster.connect(self.ray_address)
         name = cfg.name or default_name()
         job_dir = job_dir_for(name, cfg.local_path_prefix)
@@ -136,8 +153,6 @@ class DeepSpeedTrain:
         _, notes = resolve_ds_config(cfg.ds_config, on_gpu=use_gpu)  # invalid configs stop here
         self._check_model()
         tokenizer_path = self._tokenizer_path()
-        if cfg.input_table is None and not args.data_dir:
-            raise ByzerError("no training data: set inputTable (a table with a `text` column) or localDataDir")
         if cfg.input_table is not None:
             columns = cfg.input_table.schema().names
             if args.text_column not in columns:
@@ -150,7 +165,7 @@ class DeepSpeedTrain:
         job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             if cfg.input_table is not None:
-                _snapshot_input(cfg.input_table, files.input_dir, args.text_column, cfg.keep_partition_num)
+                save_input(cfg.input_table, files, args.text_column, cfg.keep_partition_num)
             get_model_file = None
             if cfg.get_model is not None:
                 from ray import cloudpickle  # noqa: PLC0415
@@ -158,23 +173,11 @@ class DeepSpeedTrain:
                 get_model_file = str(job_dir / "get_model.pkl")
                 with open(get_model_file, "wb") as f:
                     cloudpickle.dump(cfg.get_model, f)
-            spec = {
-                "name": name, "submission_id": name, "job_dir": str(job_dir),
-                "submitted_at": time.strftime("%Y-%m-%d %H:%M:%S"), "model_type": cfg.model_type,
-                "model_path": str(Path(args.model_path).expanduser().resolve()) if args.model_path else None,
-                "model_config": cfg.model_config, "get_model_file": get_model_file,
-                "tokenizer_path": tokenizer_path, "data_dir": args.data_dir,
-                "input_table": cfg.input_table_name, "output_table": cfg.output_table,
-                "num_workers": cfg.num_workers, "use_gpu": use_gpu, "cpus_per_worker": cfg.cpus_per_worker,
-                "keep_partition_num": cfg.keep_partition_num,
-                "setup_nccl_socket_ifname_by_ip": cfg.setup_nccl_socket_ifname_by_ip,
-                "gradient_checkpointing": cfg.gradient_checkpointing,
-                "ds_config": parse_ds_config(cfg.ds_config), "train_args": asdict(args),
-                "notes": notes + plan_notes,
-                "cluster": info.address,
-            }
-            files.write_json("job.json", spec)
-            submit_ray_job(spec, info)
+            spec = build_job_spec(cfg, name=name, job_dir=job_dir, use_gpu=use_gpu, tokenizer_path=tokenizer_path,
+                                  cluster_address=info.address, notes=notes + plan_notes,
+                                  get_model_file=get_model_file)
+            files.write_json("job.json", spec.to_json())
+            submit_ray_job(asdict(spec.job), info)
         except BaseException:
             if not (job_dir / "job.json").exists():
                 import shutil  # noqa: PLC0415
@@ -191,42 +194,4 @@ class DeepSpeedTrain:
         except KeyboardInterrupt:
             handle.stop()
             raise
-        row = handle.result()
-        if status != "SUCCEEDED":
-            error = (handle.files.read_json("result.json") or {}).get("error") or handle.logs(tail=5)
-            raise ByzerError(f"job {handle.name} {status.lower()}: {error}")
-        return TrainResult(**row, metrics=handle.metrics())
-
-
-def _snapshot_input(ds, out_dir: Path, text_column: str, keep_partitions: bool) -> None:
-    """Write the input table into the job folder (by Ray tasks: the rows never pass through here), so
-    the job outlives the notebook that built the table and a resumed job reads the same data.
-    ``keep_partitions``: one file per partition, with its index in a ``part`` column."""
-    import ray  # noqa: PLC0415
-
-    ds = ds.select_columns([text_column])
-    if not keep_partitions:
-        ds.write_parquet(str(out_dir))
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pending, index = [], 0
-    for bundle in ds.iter_internal_ref_bundles():
-        for block_ref in bundle.block_refs:
-            pending.append(_write_partition.remote(block_ref, str(out_dir / f"part-{index:05d}.parquet"), index))
-            index += 1
-    ray.get(pending)
-
-
-def _remote(fn):
-    import ray  # noqa: PLC0415
-
-    return ray.remote(num_cpus=0.25)(fn)
-
-
-@_remote
-def _write_partition(block, path: str, index: int) -> None:
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
-
-    table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-    pq.write_table(table.append_column("part", pa.array([index] * table.num_rows, pa.int32())), path)
+        return TrainResult.of(handle, status)

@@ -1,20 +1,146 @@
-"""The training loop each Ray Train worker runs: get batch, forward, backward, step, log, checkpoint.
+"""The training loop each Ray Train worker runs: get batch, forward, backward, step, log, evaluate,
+checkpoint.
 
-``train_loop(config)`` is given to Ray Train's TorchTrainer by ``job_entry``; ``config`` is the job's
-plan (see ``job_entry.plan_job``). Ray Train has set up the process group; DeepSpeed reuses it.
+``train_loop({"job_dir": ...})`` is given to Ray Train's TorchTrainer by ``driver/attempts.py``; the
+worker reads the job's ``JobSpec`` and the driver's ``JobLayout`` from the folder. Ray Train has set up
+the process group; DeepSpeed reuses it. Every worker trains exactly ``layout.total_steps`` steps.
 """
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from byzer_magic.runtime.worker import checkpoint, data, speed
-from byzer_magic.runtime.network import set_nccl_socket_ifname
+from byzer_magic.errors import ByzerError
+from byzer_magic.runtime.jobfiles import JobFiles
+from byzer_magic.runtime.spec import JobLayout, JobSpec
+from byzer_magic.runtime.worker import checkpoint, speed
+from byzer_magic.runtime.worker.data import WorkerData
+from byzer_magic.runtime.worker.evaluate import evaluate
+from byzer_magic.runtime.worker.step_log import StepLog
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint records beside DeepSpeed's state (its ``client_state``): where the data stands."""
+    step: int = 0
+    tokens_per_step: int = 0
+    max_length: int = 0
+
+    @classmethod
+    def of(cls, client_state: dict | None) -> "TrainState":
+        known = {k: v for k, v in (client_state or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def train_loop(config: dict) -> None:
+    import ray.train  # noqa: PLC0415
+
+    files = JobFiles(config["job_dir"])
+    spec, layout = JobSpec.from_json(files.read_json("job.json")), JobLayout.from_json(files.read_json("plan.json"))
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    _start_worker(spec, files, rank)
+    engine = _engine(spec, layout)
+    ckpt_dir = spec.checkpoint_dir
+    state = TrainState.of(checkpoint.load_latest(engine, ckpt_dir))
+    _check_same_batches(state, layout, spec)
+    data = WorkerData(spec, layout, rank)
+    log = StepLog(spec, layout, files, rank, engine, resume_step=state.step)
+    step, total, last_save = state.step, layout.total_steps, state.step
+    while step < total:
+        for micro in data.step(step):
+            loss = speed.causal_lm_loss(engine, _to_device(micro, engine.device))
+            engine.backward(loss)
+            engine.step()
+            log.add(loss)
+        step += 1
+        held_out = evaluate(engine, data.eval_batches(), engine.device) if log.eval_due(step) else None
+        log.step(step, held_out)
+        if step % spec.checkpoint.checkpoint_every == 0 and step < total:
+            checkpoint.save(engine, ckpt_dir, step, _client_state(step, layout, spec),
+                            keep=spec.checkpoint.keep_checkpoints)
+            last_save = step
+    if step != last_save or not checkpoint.latest_tag(ckpt_dir):
+        checkpoint.save(engine, ckpt_dir, step, _client_state(step, layout, spec), keep=spec.checkpoint.keep_checkpoints)
+    _finish(engine, spec, layout, files, rank, data, log)
+    ray.train.report({"step": step, "loss": log.last_loss if log.last_loss is not None else float("nan")})
+
+
+def _start_worker(spec: JobSpec, files: JobFiles, rank: int) -> None:
+    _title(rank, spec.job.name)
+    _record_worker(files, spec, rank)
+    if spec.parallel.setup_nccl_socket_ifname_by_ip:
+        from byzer_magic.runtime.network import set_nccl_socket_ifname  # noqa: PLC0415
+
+        set_nccl_socket_ifname()
+    torch.manual_seed(spec.training.seed)
+
+
+def _engine(spec: JobSpec, layout: JobLayout):
+    """The DeepSpeed engine around the job's model, built and prepared for this worker's device."""
+    import deepspeed  # noqa: PLC0415
+
+    from byzer_magic.runtime.models import build_training_model  # noqa: PLC0415
+
+    m = spec.model
+    model = build_training_model(m.model_type, model_path=m.model_path, model_config=m.model_config,
+                                 get_model_file=m.get_model_file)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    zero_stage = int((layout.ds_config.get("zero_optimization") or {}).get("stage", 0) or 0)
+    model = speed.prepare_model(model, use_gpu=layout.use_gpu, zero_stage=zero_stage)
+    if not layout.use_gpu:
+        # Skip DeepSpeed's shared-memory all-reduce op on the CPU: its JIT build costs ~60 s and 5 GB
+        # per fresh machine; gloo (Ray Train's group) does the same work.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=layout.ds_config)
+    return engine
+
+
+def _check_same_batches(state: TrainState, layout: JobLayout, spec: JobSpec) -> None:
+    """A checkpoint taken with another batch shape would repeat or skip data: refuse, saying what changed
+    (``kernel/resume.py`` refuses it before submitting; this guards the Python API and old folders)."""
+    if state.step and state.tokens_per_step and (state.tokens_per_step, state.max_length) != \
+            (layout.tokens_per_step, spec.data.max_length):
+        raise ByzerError(f"the checkpoint at step {state.step} was trained with {state.tokens_per_step:,} tokens per "
+                         f"step of max_length {state.max_length}; this run has {layout.tokens_per_step:,} of "
+                         f"{spec.data.max_length}: the data position cannot be carried over")
+
+
+def _client_state(step: int, layout: JobLayout, spec: JobSpec) -> dict:
+    return asdict(TrainState(step=step, tokens_per_step=layout.tokens_per_step, max_length=spec.data.max_length))
+
+
+def _finish(engine, spec: JobSpec, layout: JobLayout, files: JobFiles, rank: int, data: WorkerData, log: StepLog):
+    """The exported model, and a check that it is the trained one (``final_eval.json``)."""
+    from byzer_magic.runtime.tokenizer import cached_tokenizer  # noqa: PLC0415
+
+    _record_final_eval(engine, _to_device(data.step(max(0, layout.total_steps - 1))[-1], engine.device),
+                       files.root, rank)
+    out = checkpoint.export_hf(engine, engine.module, Path(layout.model_dir), cached_tokenizer(spec.model.tokenizer_path))
+    log.close()
+    if rank == 0:
+        print(f"[W-0-{spec.job.name}] finished at step {layout.total_steps}: checkpoints in {spec.checkpoint_dir}, "
+              f"model in {out}", flush=True)
+
+
+def _record_final_eval(engine, ids: torch.Tensor, job_dir: Path, rank: int) -> None:
+    """The final weights' loss on the last micro-batch (rank 0's), kept with that batch: the exported
+    model must reproduce this loss. Every rank runs the forward, which ZeRO-3 needs."""
+    engine.eval()
+    with torch.no_grad():
+        loss = speed.causal_lm_loss(engine, ids).float().item()
+    engine.train()
+    if rank == 0:
+        np.save(job_dir / "final_batch.npy", ids.cpu().numpy())
+        JobFiles(job_dir).write_json("final_eval.json", {"loss": loss, "batch": "final_batch.npy"})
+    dist.barrier()
 
 
 def _title(rank: int, name: str) -> None:
@@ -27,158 +153,18 @@ def _title(rank: int, name: str) -> None:
         pass
 
 
-class _Batches:
-    """Micro-batches for one epoch, skipping those a restored checkpoint already trained on.
-
-    Each worker reads its part of the job's token cache directly (``data.rank_sequences``), in an order
-    that is the same on every run: a restarted or resumed worker skips exactly the micro-batches
-    its checkpoint has trained on, neither repeating nor skipping a sample."""
-
-    def __init__(self, plan: dict, rank: int, world: int, skip: int):
-        sequences = data.rank_sequences(plan["tokens_dir"], rank, world, plan["train_args"]["max_length"],
-                                        by_partition=plan["keep_partition_num"])
-        self.it = data.micro_batches(sequences, plan["micro_batch"])
-        for _ in range(skip):
-            next(self.it, None)
-
-    def take(self, n: int) -> list[np.ndarray] | None:
-        out = [b for b in (next(self.it, None) for _ in range(n)) if b is not None]
-        return out if len(out) == n else None
-
-
-def _record_worker(plan: dict, rank: int) -> None:
+def _record_worker(files: JobFiles, spec: JobSpec, rank: int) -> None:
     """``workers/rank-<r>.json``: where this attempt's rank runs (``JobHandle.workers()``)."""
     import socket  # noqa: PLC0415
 
-    from byzer_magic.runtime.jobfiles import JobFiles  # noqa: PLC0415
-
-    files = JobFiles(plan["job_dir"])
     files.workers_dir.mkdir(exist_ok=True)
     files.write_json(f"workers/rank-{rank}.json", {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
-                                                   "submission_id": plan["submission_id"], "started": time.time()})
-
-
-def train_loop(plan: dict) -> None:
-    import deepspeed  # noqa: PLC0415
-    import ray.train  # noqa: PLC0415
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    args = plan["train_args"]
-    _title(rank, plan["name"])
-    _record_worker(plan, rank)
-    if plan["setup_nccl_socket_ifname_by_ip"]:
-        set_nccl_socket_ifname()
-    torch.manual_seed(args["seed"])
-    from byzer_magic.runtime.models import build_training_model  # noqa: PLC0415
-
-    model = build_training_model(plan["model_type"], model_path=plan.get("model_path"),
-                                 model_config=plan.get("model_config"), get_model_file=plan.get("get_model_file"))
-    if plan.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable()
-    model = speed.prepare_model(model, plan)
-    if not plan["use_gpu"]:
-        # Skip DeepSpeed's shared-memory all-reduce op on the CPU: its JIT build costs ~60 s and 5 GB
-        # per fresh machine; gloo (Ray Train's group) does the same work.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                           config=plan["ds_config"])
-    device = engine.device
-    # Flags ("do I still have data?") travel on a CPU group so that a GPU run never syncs for them.
-    flag_group = dist.new_group(backend="gloo") if plan["use_gpu"] else None
-
-    ckpt_dir = Path(plan["checkpoint_dir"])
-    state = checkpoint.load_latest(engine, ckpt_dir) or {}
-    step, epoch, consumed = state.get("step", 0), state.get("epoch", 0), state.get("consumed", 0)
-    writer = None
-    if rank == 0:
-        from byzer_magic.runtime.worker.metrics import MetricsWriter  # noqa: PLC0415
-
-        writer = MetricsWriter(plan["job_dir"], resume_step=step)
-        if step:
-            print(f"[W-0-{plan['name']}] resumed from {ckpt_dir / checkpoint.latest_tag(ckpt_dir)} at step {step}",
-                  flush=True)
-    gas, total = plan["ds_config"]["gradient_accumulation_steps"], plan["total_steps"]
-    tokens_per_step = world * gas * plan["micro_batch"] * args["max_length"]
-    last_save, loss_sum, t0, last_loss, since_log = step, torch.zeros((), device=device), time.time(), None, 0
-    last_ids = None
-    done = step >= total
-
-    while epoch < args["epoches"] and not done:
-        batches, epoch_steps = _Batches(plan, rank, world, consumed * gas), consumed
-        while not (args["steps_per_epoch"] and epoch_steps >= args["steps_per_epoch"]):
-            window = batches.take(gas)
-            have = torch.tensor([1 if window else 0], dtype=torch.int32)
-            dist.all_reduce(have, op=dist.ReduceOp.MIN, group=flag_group)
-            if not have.item():
-                break  # some worker ran out of data: the epoch ends for all
-            for micro in window:
-                ids = last_ids = _to_device(micro, device)
-                loss = speed.causal_lm_loss(engine, ids)
-                engine.backward(loss)
-                engine.step()
-                loss_sum += loss.detach() / gas
-            step, epoch_steps, since_log = step + 1, epoch_steps + 1, since_log + 1
-            if step % args["log_every"] == 0 or step == total:
-                # The loss is read back only here: a GPU step never waits for the host otherwise.
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-                last_loss = loss_sum.item() / (world * since_log)
-                elapsed, t0 = time.time() - t0, time.time()
-                if writer:
-                    writer.log(step, epoch=epoch, loss=last_loss, lr=float(engine.get_lr()[0]),
-                               grad_norm=_float(engine.get_global_grad_norm()),
-                               tokens_per_s=tokens_per_step * since_log / max(elapsed, 1e-9),
-                               tokens=step * tokens_per_step, total_steps=total)
-                    print(f"[W-0-{plan['name']}] step {step}/{total} epoch {epoch} loss {last_loss:.4f}", flush=True)
-                loss_sum.zero_()
-                since_log = 0
-            if step - last_save >= args["checkpoint_every"]:
-                checkpoint.save(engine, ckpt_dir, step, {"step": step, "epoch": epoch, "consumed": epoch_steps},
-                                keep=args["keep_checkpoints"])
-                last_save = step
-            if step >= total:
-                done = True
-                break
-        epoch, consumed = epoch + 1, 0
-
-    if step != last_save or not checkpoint.latest_tag(ckpt_dir):
-        checkpoint.save(engine, ckpt_dir, step, {"step": step, "epoch": epoch, "consumed": 0},
-                        keep=args["keep_checkpoints"])
-    if last_ids is not None:
-        _record_final_eval(engine, last_ids, Path(plan["job_dir"]), rank)
-    from byzer_magic.runtime.tokenizer import cached_tokenizer  # noqa: PLC0415
-
-    out = checkpoint.export_hf(engine, engine.module, Path(plan["model_dir"]), cached_tokenizer(plan["tokenizer_path"]))
-    if writer:
-        writer.close()
-        print(f"[W-0-{plan['name']}] finished at step {step}: checkpoints in {ckpt_dir}, model in {out}", flush=True)
-    ray.train.report({"step": step, "loss": last_loss if last_loss is not None else float("nan")})
-
-
-def _record_final_eval(engine, ids, job_dir: Path, rank: int) -> None:
-    """The final weights' loss on the last micro-batch (rank 0's), kept with that batch: a check that
-    the exported model is the trained one (it must reproduce this loss). Every rank runs the forward,
-    which ZeRO-3 needs to gather its parameters."""
-    engine.eval()
-    with torch.no_grad():
-        loss = speed.causal_lm_loss(engine, ids).float().item()
-    engine.train()
-    if rank == 0:
-        from byzer_magic.runtime.jobfiles import JobFiles  # noqa: PLC0415
-
-        np.save(job_dir / "final_batch.npy", ids.cpu().numpy())
-        JobFiles(job_dir).write_json("final_eval.json", {"loss": loss, "batch": "final_batch.npy"})
+                                                   "submission_id": spec.job.submission_id, "started": time.time()})
 
 
 def _to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     ids = torch.from_numpy(batch)
     return ids.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else ids.to(device)
-
-
-def _float(value) -> float | None:
-    if value is None:
-        return None
-    return float(value.item() if hasattr(value, "item") else value)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
-SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s")
+# metrics.jsonl key -> TensorBoard tag
+SCALARS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
+           "tokens_per_s": "train/tokens_per_s", "eval_loss": "eval/loss", "eval_perplexity": "eval/perplexity"}
 
 
 class MetricsWriter:
@@ -29,9 +31,9 @@ class MetricsWriter:
         record = {"step": step, "time": time.time(), **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        for key in SCALARS:
+        for key, tag in SCALARS.items():
             if values.get(key) is not None:
-                self._tb.add_scalar(f"train/{key}", values[key], step)
+                self._tb.add_scalar(tag, values[key], step)
         self._tb.flush()
 
     def close(self) -> None:
@@ -67,5 +69,6 @@ def read_metrics(job_dir: str | os.PathLike):
             except json.JSONDecodeError:
                 continue
     frame = pd.DataFrame(rows, columns=None if rows else ["step", "time", "loss", "lr", "grad_norm",
-                                                          "tokens_per_s", "tokens", "epoch"])
+                                                          "tokens_per_s", "tokens", "epoch", "eval_loss",
+                                                          "eval_perplexity"])
     return frame.drop_duplicates("step", keep="last").reset_index(drop=True) if rows else frame

@@ -1,0 +1,104 @@
+"""Tokenise the job's input once, in Ray Data tasks on the cluster's CPUs, into the token store
+(``runtime/token_store.py``) that every worker reads.
+
+Tasks write token ids as parquet (streamed: no task holds more than its batch); the driver then lays
+those files end to end into the store, reading one batch at a time. With keepPartitionNum each input
+partition is tokenised by its own task, in order, and its documents are marked with its index.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from byzer_magic.runtime import token_store
+from byzer_magic.runtime.tokenizer import cached_tokenizer
+
+_BATCH = 256
+_IN_FLIGHT = 8  # partition tasks at once (each holds one partition's rows)
+
+
+def tokenize_batch(batch: pa.Table, *, tokenizer_path: str, text_column: str = "text") -> pa.Table:
+    """Arrow batch of documents -> Arrow batch of token ids (end-of-text appended) and their counts."""
+    tok = cached_tokenizer(tokenizer_path)
+    texts = [t or "" for t in batch.column(text_column).to_pylist()]
+    ids = [np.asarray(x + [tok.eos_id], dtype=np.int32) for x in tok.encode_batch(texts)]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum([len(x) for x in ids], out=offsets[1:])
+    flat = np.concatenate(ids) if ids else np.empty(0, np.int32)
+    return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+                     "n": pa.array(np.diff(offsets))})
+
+
+def build_store(make_dataset: Callable[[], object], store_dir: Path, *, tokenizer_path: str, text_column: str,
+                by_partition: bool) -> int:
+    """Tokenise the input (``make_dataset()``, a Ray Dataset) into the store at ``store_dir``, unless it is
+    built already; returns the number of partitions (keepPartitionNum) or 0."""
+    if token_store.is_built(store_dir):
+        return token_store.TokenStore.open(store_dir).partitions
+    ds = make_dataset()
+    cache = store_dir.with_name(store_dir.name + ".parquet")
+    shutil.rmtree(cache, ignore_errors=True)
+    kwargs = {"tokenizer_path": tokenizer_path, "text_column": text_column}
+    partitions = _tokenise_partitions(ds, cache, kwargs) if by_partition else 0
+    if not by_partition:
+        ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=_BATCH, zero_copy_batch=True,
+                       fn_kwargs=kwargs).write_parquet(str(cache))
+    vocab = cached_tokenizer(tokenizer_path).vocab_size
+    token_store.write_store(store_dir, _cached_batches(cache, by_partition), vocab_size=vocab,
+                             partitions=partitions)
+    shutil.rmtree(cache, ignore_errors=True)
+    return partitions
+
+
+def _tokenise_partitions(source, cache: Path, kwargs: dict) -> int:
+    """One task per partition, in order, each writing ``part-<i>.parquet``; at most ``_IN_FLIGHT`` at
+    once. ``source``: a Dataset whose blocks are the partitions (the plan preserves their order), or a
+    list of parquet files, one per partition (the kernel's snapshot)."""
+    import ray  # noqa: PLC0415
+
+    cache.mkdir(parents=True)
+    if isinstance(source, list):
+        blocks = iter(source)
+    else:
+        source.context.execution_options.preserve_order = True
+        blocks = (block for bundle in source.iter_internal_ref_bundles() for block in bundle.block_refs)
+    task = ray.remote(num_cpus=1)(_tokenise_partition)
+    pending, index = [], 0
+    for block in blocks:
+        pending.append(task.remote(block, str(cache / f"part-{index:06d}.parquet"), index, kwargs))
+        index += 1
+        if len(pending) >= _IN_FLIGHT:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+    ray.get(pending)
+    return index
+
+
+def _tokenise_partition(block, path: str, index: int, kwargs: dict) -> None:
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    if isinstance(block, str):
+        block = pq.read_table(block, columns=[kwargs["text_column"]])
+    table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+    pieces = [tokenize_batch(b, **kwargs) for b in table.to_batches(max_chunksize=_BATCH)] or \
+        [tokenize_batch(table.slice(0, 0), **kwargs)]
+    tokens = pa.concat_tables(pieces)
+    pq.write_table(tokens.append_column("part", pa.array([index] * tokens.num_rows, pa.int32())), path)
+
+
+def _cached_batches(cache: Path, by_partition: bool) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """The parquet files' batches in a fixed order (file name, then row): (flat ids, lengths, parts)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    for path in sorted(cache.rglob("*.parquet")):
+        columns = ["ids", "part"] if by_partition else ["ids"]
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=columns):
+            ids = batch.column(0)
+            offsets = ids.offsets.to_numpy()
+            flat = ids.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+            parts = batch.column(1).to_numpy(zero_copy_only=False) if by_partition else None
+            yield flat, np.diff(offsets), parts
