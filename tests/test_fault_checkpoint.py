@@ -106,3 +106,185 @@ def test_a_crash_mid_prune_never_leaves_a_partial_checkpoint_under_its_name(tmp_
 def test_no_checkpoint_yet(tmp_path):
     assert checkpoint.latest_tag(tmp_path / "checkpoints") is None
     assert checkpoint.load_latest(FilesEngine(), tmp_path / "checkpoints") is None
+
+
+# -- verified checkpoints (#14): manifests, damaged checkpoints passed over, good ones kept ---------------
+def shard(ckpt: Path, step: int) -> Path:
+    return ckpt / f"global_step{step}" / "mp_rank_00_model_states.pt"
+
+
+def test_each_checkpoint_has_a_manifest_of_sizes_and_checksums(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    checkpoint.save(FilesEngine(), ckpt, 3, {"step": 3}, keep=2, good=True)
+    manifest = checkpoint.read_manifest(ckpt / "global_step3")
+    assert manifest["step"] == 3 and manifest["good"] is True
+    assert manifest["files"] == {"mp_rank_00_model_states.pt": checkpoint.file_digest(shard(ckpt, 3))}
+    assert manifest["bytes"] == shard(ckpt, 3).stat().st_size
+    assert checkpoint.check_intact(ckpt / "global_step3", deep=True) is None
+
+
+def test_a_zero_byte_shard_is_passed_over_and_the_job_log_says_so(tmp_path, capsys):
+    ckpt = tmp_path / "checkpoints"
+    save(ckpt, 3, keep=3)
+    save(ckpt, 6, keep=3)
+    size = shard(ckpt, 6).stat().st_size
+    shard(ckpt, 6).write_bytes(b"")  # `latest` names a checkpoint with a 0-byte shard
+    said = []
+    assert checkpoint.latest_tag(ckpt, say=said.append) == "global_step3"
+    assert said == [f"checkpoint global_step6 in {ckpt} is damaged (mp_rank_00_model_states.pt is 0 bytes, "
+                    f"{size} expected): passing over it"]
+    engine = FilesEngine()
+    assert checkpoint.load_latest(engine, ckpt) == {"step": 3} and engine.loaded == "global_step3"
+    assert (f"checkpoint global_step6 in {ckpt} is damaged (mp_rank_00_model_states.pt is 0 bytes, {size} "
+            f"expected): resuming from global_step3, the newest intact checkpoint") in capsys.readouterr().out
+
+
+def test_an_empty_or_unfinished_step_folder_is_not_a_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    save(ckpt, 3)
+    (ckpt / "global_step9").mkdir()  # an empty global_step9/ that `latest` names
+    (ckpt / "latest").write_text("global_step9")
+    assert checkpoint.latest_tag(ckpt) == "global_step3"
+    assert checkpoint.intact_steps(ckpt) == [3] and checkpoint.published_steps(ckpt) == [3, 9]
+    (ckpt / "global_step12").mkdir()
+    (ckpt / "global_step12" / "mp_rank_00_model_states.pt").write_text("{}")  # files but no manifest
+    assert checkpoint.check_intact(ckpt / "global_step12") == "it has no manifest (an unfinished or foreign save)"
+    assert checkpoint.load_latest(FilesEngine(), ckpt) == {"step": 3}
+
+
+def test_a_changed_byte_is_caught_by_the_checksum_when_loading(tmp_path, capsys):
+    ckpt = tmp_path / "checkpoints"
+    save(ckpt, 3, keep=3)
+    save(ckpt, 6, keep=3)
+    data = bytearray(shard(ckpt, 6).read_bytes())
+    data[1] ^= 0x20  # same size, other content (a torn or bit-rotted write)
+    shard(ckpt, 6).write_bytes(bytes(data))
+    assert checkpoint.latest_tag(ckpt) == "global_step6"  # the quick check (sizes) cannot see it
+    assert checkpoint.load_latest(FilesEngine(), ckpt) == {"step": 3}
+    assert "mp_rank_00_model_states.pt does not match its checksum" in capsys.readouterr().out
+
+
+def test_no_intact_checkpoint_starts_from_scratch_and_says_so(tmp_path, capsys):
+    ckpt = tmp_path / "checkpoints"
+    save(ckpt, 3)
+    (ckpt / "global_step3" / checkpoint.MANIFEST).write_text("{not json")
+    assert checkpoint.load_latest(FilesEngine(), ckpt) is None
+    assert "no intact checkpoint" in capsys.readouterr().out
+
+
+def test_rotation_keeps_the_last_good_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    checkpoint.save(FilesEngine(), ckpt, 3, {"step": 3}, keep=2, good=True)
+    for step in (6, 9, 12):  # saved at steps whose loss was not checked (or was not finite)
+        checkpoint.save(FilesEngine(), ckpt, step, {"step": step}, keep=2, good=False)
+    assert checkpoint.published_steps(ckpt) == [3, 9, 12]
+    checkpoint.save(FilesEngine(), ckpt, 15, {"step": 15}, keep=2, good=True)
+    assert checkpoint.published_steps(ckpt) == [12, 15]
+
+
+def test_a_failed_write_is_one_clear_deterministic_error_and_the_previous_checkpoint_stays(tmp_path):
+    import errno
+
+    from byzer_magic.errors import CheckpointWriteError, DeterministicFailure
+
+    class FailingEngine(FilesEngine):
+        def __init__(self, code):
+            super().__init__()
+            self.code = code
+
+        def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+            (Path(save_dir) / tag).mkdir(parents=True)
+            (Path(save_dir) / tag / "mp_rank_00_model_states.pt").write_text("half")
+            raise OSError(self.code, os.strerror(self.code))
+
+    ckpt = tmp_path / "checkpoints"
+    save(ckpt, 3)
+    with pytest.raises(CheckpointWriteError) as info:
+        checkpoint.save(FailingEngine(errno.ENOSPC), ckpt, 6, {"step": 6}, keep=2)
+    assert str(info.value) == (f"disk full writing checkpoint global_step6 in {ckpt}; the previous checkpoint "
+                               f"global_step3 is intact")
+    assert isinstance(info.value, DeterministicFailure)
+    with pytest.raises(CheckpointWriteError, match=r"^could not write checkpoint global_step6 in .* "
+                                                   r"\(PermissionError: Permission denied\); the previous "
+                                                   r"checkpoint global_step3 is intact$"):
+        checkpoint.save(FailingEngine(errno.EACCES), ckpt, 6, {"step": 6}, keep=2)
+    assert sorted(os.listdir(ckpt)) == ["global_step3", "latest"]  # the half-written save is gone
+    assert checkpoint.load_latest(FilesEngine(), ckpt) == {"step": 3}
+
+
+# -- a real full disk: DeepSpeed on gloo writing into a size-limited tmpfs ------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 5 MiB tmpfs (root can mount one); else the test is skipped (the injected ENOSPC above stays)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    import gc
+
+    gc.collect()  # a failed torch.save may still hold its file open
+    if subprocess.run(["umount", str(mount)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _engine(seed: int):
+    import deepspeed
+    import torch
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # as worker/loop.py does on the CPU
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(512, 512)  # ~1 MiB of weights, ~3 MiB with AdamW's state: one checkpoint fits
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config={
+        "train_micro_batch_size_per_gpu": 1,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}})
+    return engine
+
+
+def test_disk_full_on_a_real_small_filesystem(small_disk):
+    import torch
+
+    from byzer_magic.errors import CheckpointWriteError
+
+    ckpt = small_disk / "checkpoints"
+    engine = _engine(0)
+    x = torch.ones(1, 512)
+    saved = None
+    for step in (1, 2):
+        engine.backward(engine(x).sum())
+        engine.step()
+        if step == 1:
+            checkpoint.save(engine, ckpt, 1, {"step": 1}, keep=3, good=True)
+            saved = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    with pytest.raises(CheckpointWriteError) as info:
+        checkpoint.save(engine, ckpt, 2, {"step": 2}, keep=3)
+    assert str(info.value).startswith(f"disk full writing checkpoint global_step2 in {ckpt}")
+    assert str(info.value).endswith("; the previous checkpoint global_step1 is intact")
+    assert sorted(os.listdir(ckpt)) == ["global_step1", "latest"]
+    fresh = _engine(1)
+    assert checkpoint.load_latest(fresh, ckpt)["step"] == 1
+    for key, value in fresh.module.state_dict().items():
+        assert torch.equal(value, saved[key])
+
+
+def test_disk_full_at_the_first_save_on_a_real_small_filesystem(small_disk):
+    import subprocess
+
+    import torch
+
+    from byzer_magic.errors import CheckpointWriteError
+
+    filler = small_disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=4"], check=True, capture_output=True)
+    ckpt = small_disk / "checkpoints"
+    engine = _engine(0)
+    engine.backward(engine(torch.ones(1, 512)).sum())
+    engine.step()
+    with pytest.raises(CheckpointWriteError, match=r"^disk full writing checkpoint global_step1 in .*; there is "
+                                                   r"no earlier checkpoint$"):
+        checkpoint.save(engine, ckpt, 1, {"step": 1}, keep=3)
+    assert os.listdir(ckpt) == [] and checkpoint.latest_tag(ckpt) is None
