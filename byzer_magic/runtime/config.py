@@ -28,7 +28,7 @@ DEFAULT_CONFIG = json.dumps({
     "bf16": {"enabled": "auto"},
 }, indent=2)
 
-OPTIMIZERS = ("Adam", "AdamW", "SGD", "Lamb", "Lion", "OneBitAdam", "Adagrad")
+OPTIMIZERS = ("Adam", "AdamW", "SGD", "Lamb", "Lion", "OneBitAdam", "Adagrad", "AdamW8bit")  # AdamW8bit: worker/optim.py
 SCHEDULERS = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest")
 
 
