@@ -8,8 +8,8 @@ from byzer_magic.runtime.batch_defaults import MIN_STEPS, TOKENS_PER_STEP, choos
 
 
 def test_one_h200_at_1b_gets_a_half_million_token_step():
-    micro, gas, note = choose_batch(max_length=2048, workers=1, max_micro=16)
-    assert (micro, gas) == (8, 32)  # 8 x 2048 = 16,384 tokens a micro-step, 32 of them = 2**19
+    micro, gas, note = choose_batch(max_length=2048, workers=1, max_micro=64)
+    assert (micro, gas) == (16, 16)  # 16 x 2048 = 32,768 tokens a micro-step, 16 of them = 2**19
     assert micro * gas * 2048 == TOKENS_PER_STEP
     assert "524,288 tokens an optimizer step" in note and "target 524,288" in note
 
@@ -23,12 +23,12 @@ def test_memory_bounds_the_micro_batch_and_accumulation_fills_the_step():
 
 def test_workers_share_the_target():
     micro, gas, _ = choose_batch(max_length=2048, workers=4, max_micro=64)
-    assert micro * gas * 4 * 2048 == TOKENS_PER_STEP and micro == 8
+    assert micro * gas * 4 * 2048 == TOKENS_PER_STEP and micro == 16
 
 
 def test_short_sequences_get_larger_micro_batches_up_to_the_micro_step_cap():
     micro, gas, _ = choose_batch(max_length=128, workers=1, max_micro=1024)
-    assert micro == 128 and micro * 128 == 16384 and gas == 32
+    assert micro == 256 and micro * 128 == 32768 and gas == 16
 
 
 def test_never_more_than_the_data_allows():
@@ -55,7 +55,7 @@ def test_what_the_user_set_is_kept():
     micro, gas, note = choose_batch(max_length=2048, workers=1, max_micro=16, user_micro=2)
     assert (micro, gas) == (2, 128) and "micro-batch as set" in note
     micro, gas, note = choose_batch(max_length=2048, workers=1, max_micro=16, user_gas=4)
-    assert (micro, gas) == (8, 4) and "accumulation as set" in note
+    assert (micro, gas) == (16, 4) and "accumulation as set" in note
 
 
 def test_no_target_keeps_accumulation_one():

@@ -16,8 +16,10 @@ length, worker count or memory. The target, ``TOKENS_PER_STEP = 2**19`` (524,288
   gets a learning-rate schedule of ``MIN_STEPS`` steps.
 
 The micro-batch is the largest power of two that fits memory (``max_micro``, from the plan's memory
-model), holds at most ``MICRO_TOKENS`` tokens (larger micro-steps were not faster on an H200: the matmuls
-are already large) and at most one step's tokens. Accumulation then fills the step up to the target.
+model), holds at most ``MICRO_TOKENS`` = 32,768 tokens and at most one step's tokens. On an H200 a 1.1B
+Llama ran 2.3% faster at 16 x 2048 than at 8 x 2048 tokens a micro-step (fewer, larger matmuls and
+launches; bench/results/probe.json); beyond that activations grow faster than the gain. Accumulation
+then fills the step up to the target.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from byzer_magic.errors import ByzerError
 
 TOKENS_PER_STEP = 2 ** 19      # 524,288 tokens per optimizer step (all workers together)
 MIN_STEPS = 100                # a run gets at least this many optimizer steps when its data is small
-MICRO_TOKENS = 16384           # tokens per micro-step per GPU beyond which the plan does not grow the micro-batch
+MICRO_TOKENS = 32768           # tokens per micro-step per GPU beyond which the plan does not grow the micro-batch
 
 
 class BatchChoice(NamedTuple):

@@ -44,6 +44,10 @@ def fast_path_enabled(use_gpu: bool) -> bool:
 def prepare_model(model, *, use_gpu: bool, zero_stage: int, compile_cache: str | None = None):
     """The model to hand to DeepSpeed (e.g. compiled, with fused kernels) for this device and ZeRO stage.
     ``compile_cache``: where compiled kernels are kept (default ``$BYZER_MAGIC_HOME/compile_cache``)."""
+    if use_gpu:  # ``"optimizer": {"type": "AdamW8bit"}`` (optim.py) for DeepSpeed to build
+        from byzer_magic.runtime.worker import optim  # noqa: PLC0415
+
+        optim.register()
     if not fast_path_enabled(use_gpu):
         return model
     done = [f"compile cache {use_compile_cache(compile_cache)}"]
