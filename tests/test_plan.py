@@ -141,7 +141,7 @@ def test_advice_prefers_no_offload_when_the_states_fit():
     assert "<table>" in plan._repr_html_()
     json.dumps(plan.to_dict())
     # Already the fastest: no warning, and no second row.
-    fast = plan_run(ParallelConfig(model_config=LLAMA_1B, ds_config={"train_micro_batch_size_per_gpu": 16},
+    fast = plan_run(ParallelConfig(model_config=LLAMA_1B, ds_config={"train_micro_batch_size_per_gpu": 32},
                                    train_args=TrainArgs(max_length=2048, steps_per_epoch=10)),
                     gpus=[H200], count=False, measure=False)
     assert fast.warning is None and fast.best is fast.yours

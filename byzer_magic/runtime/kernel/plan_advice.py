@@ -9,8 +9,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from byzer_magic.runtime.kernel.plan_memory import (ModelShape, ZeroSetup, activation_bytes, buffer_bytes,
-                                             model_states_bytes, usable_bytes)
+from byzer_magic.runtime.kernel.plan_memory import (ALLOCATOR_SLACK, CONTEXT_BYTES, ModelShape, ZeroSetup,
+                                                    activation_bytes, buffer_bytes, model_states_bytes,
+                                                    resident_bytes, step_bytes, usable_bytes)
 
 # Dense bf16 tensor-core peaks (fp16 for V100), FLOP/s, from NVIDIA's datasheets (sparsity figures halved).
 # Matched by substring of the name NVML reports, first match wins (so "H100 PCIe" before "H100").
@@ -99,10 +100,11 @@ class Option:
     source: str = "estimate"    # or "measured (1 GPU)"
     seconds: float | None = None
     peak_measured_bytes: int | None = None
+    step_bytes: int = 0         # extra at the optimizer step, after the activations are freed
 
     @property
     def memory_per_gpu(self) -> int:
-        return self.model_states_bytes + self.activation_bytes + self.buffer_bytes
+        return self.model_states_bytes + max(self.activation_bytes, self.step_bytes) + self.buffer_bytes
 
     def describe(self) -> str:
         ckpt = ", checkpointing" if self.checkpointing else ""
@@ -113,6 +115,12 @@ class Option:
                     self.zero.offload_optimizer != other.zero.offload_optimizer,
                     self.zero.offload_param != other.zero.offload_param,
                     self.micro_batch != other.micro_batch, self.checkpointing != other.checkpointing))
+
+
+def fast_path_enabled(use_gpu: bool) -> bool:
+    from byzer_magic.runtime.worker.speed import fast_path_enabled as enabled  # noqa: PLC0415
+
+    return enabled(use_gpu)
 
 
 def flops_per_token(shape: ModelShape, seq: int, *, checkpointing: bool = False) -> float:
@@ -155,11 +163,20 @@ def make_option(label: str, shape: ModelShape, zero: ZeroSetup, layout: Layout, 
                 seq: int, grad_accum: int, checkpointing: bool, on_gpu: bool,
                 host_available: int = 0) -> Option:
     """An option with its memory (and, on GPUs, its predicted tokens/s for the whole run)."""
+    world = layout.gpus_per_node * layout.nodes
     states, host = model_states_bytes(shape, zero, gpus_per_node=layout.gpus_per_node, nodes=layout.nodes,
                                       mixed_precision=on_gpu)
-    acts = activation_bytes(shape, micro, seq, checkpointing=checkpointing, mixed_precision=on_gpu)
-    buffers = buffer_bytes(ds_config, zero, shape.params, layout.gpus_per_node * layout.nodes) if on_gpu else 0
-    need = states + acts + buffers
+    fast = on_gpu and fast_path_enabled(True)
+    acts = activation_bytes(shape, micro, seq, checkpointing=checkpointing, mixed_precision=on_gpu, fast=fast)
+    buffers, step = 0, 0
+    if on_gpu:
+        if not (zero.offload_optimizer or zero.offload_param):
+            # What the GPU holds, counted as measured (docs/PLAN.md, section 3): DeepSpeed's estimator
+            # counts the step's fp32 gradient copy as if it lived beside the activations.
+            states, step = resident_bytes(shape, zero, world), step_bytes(shape, zero, ds_config, world)
+        buffers = buffer_bytes(ds_config, zero, shape.params, world) + CONTEXT_BYTES
+        buffers += int(ALLOCATOR_SLACK * (states + max(acts, step)))
+    need = states + max(acts, step) + buffers
     if on_gpu:
         fits = not layout.card_bytes or need <= usable_bytes(layout.card_bytes)
         if zero.offload_optimizer and layout.host_bytes:
@@ -169,16 +186,17 @@ def make_option(label: str, shape: ModelShape, zero: ZeroSetup, layout: Layout, 
         tps = per_gpu * layout.workers
     else:
         fits, tps = need <= host_available, None
-    return Option(label, zero, micro, checkpointing, states, acts, buffers, int(host), fits, tps)
+    return Option(label, zero, micro, checkpointing, states, acts, buffers, int(host), fits, tps, step_bytes=step)
 
 
 def candidates(shape: ModelShape, layout: Layout, ds_config: dict, *, seq: int, grad_accum: int,
                max_micro: int | None) -> list[Option]:
     """Every ZeRO stage x offload x micro-batch x checkpointing combination, ranked by nothing yet."""
-    setups = [ZeroSetup(0)]
+    adam8 = ZeroSetup.from_ds_config(ds_config).adam8bit  # the user's optimizer stays theirs
+    setups = [ZeroSetup(0, adam8bit=adam8)]
     for stage in (1, 2, 3):
-        setups += [ZeroSetup(stage), ZeroSetup(stage, offload_optimizer=True)]
-    setups.append(ZeroSetup(3, offload_optimizer=True, offload_param=True))
+        setups += [ZeroSetup(stage, adam8bit=adam8), ZeroSetup(stage, offload_optimizer=True, adam8bit=adam8)]
+    setups.append(ZeroSetup(3, offload_optimizer=True, offload_param=True, adam8bit=adam8))
     micros = [m for m in MICRO_BATCHES if max_micro is None or m <= max_micro] or [1]
     return [make_option("candidate", shape, zero, layout, ds_config, micro=m, seq=seq, grad_accum=grad_accum,
                         checkpointing=ckpt, on_gpu=True)

@@ -22,6 +22,7 @@ class ModelShape:
     intermediate: int
     vocab: int
     max_positions: int | None   # None: the architecture has no fixed limit
+    arch: str = ""              # the model's class name (decides whether speed.py's fused loss applies)
 
     @property
     def kv_hidden(self) -> int:
@@ -45,7 +46,7 @@ def model_shape(model) -> ModelShape:
                       layers=int(cfg.num_hidden_layers), hidden=hidden, heads=heads,
                       kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
                       intermediate=int(intermediate), vocab=int(cfg.vocab_size),
-                      max_positions=int(positions) if positions else None)
+                      max_positions=int(positions) if positions else None, arch=type(model).__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ZeroSetup:
     stage: int = 2
     offload_optimizer: bool = False
     offload_param: bool = False
+    adam8bit: bool = False      # "optimizer": {"type": "AdamW8bit"} (worker/optim.py): 8-bit Adam moments
 
     @classmethod
     def from_ds_config(cls, cfg: dict) -> "ZeroSetup":
@@ -64,12 +66,14 @@ class ZeroSetup:
             return isinstance(part, dict) and str(part.get("device", "none")).lower() in ("cpu", "nvme")
 
         stage = int(zero.get("stage", 0))
+        opt = str((cfg.get("optimizer") or {}).get("type", "")).lower()
         return cls(stage=stage, offload_optimizer=stage >= 1 and offloaded("offload_optimizer"),
-                   offload_param=stage == 3 and offloaded("offload_param"))
+                   offload_param=stage == 3 and offloaded("offload_param"), adam8bit=opt == "adamw8bit")
 
     def describe(self) -> str:
         parts = [p for p, on in (("optimizer", self.offload_optimizer), ("params", self.offload_param)) if on]
-        return f"ZeRO-{self.stage}, " + (f"offload {' + '.join(parts)}" if parts else "no offload")
+        return f"ZeRO-{self.stage}, " + (f"offload {' + '.join(parts)}" if parts else "no offload") + \
+            (", 8-bit AdamW" if self.adam8bit else "")
 
     def ds_config(self) -> dict:
         """This setup as a ``zero_optimization`` section to merge over a user's config."""
@@ -125,30 +129,53 @@ def _block_bytes_per_token(shape: ModelShape) -> int:
     return 20 * shape.hidden + 4 * shape.kv_hidden + 8 * shape.intermediate + 4 * shape.heads + 8
 
 
+# The same block on speed.py's GPU path (a compiled layer, K/V repeated to every head for cuDNN): the
+# inputs of the two norms, the two normalised outputs, q, the repeated k and v, the attention output and
+# the residual (2h each = 16h), gate, up and their product (6I), the log-sum-exp; measured on an H200
+# within 1% at 1.1B and 7B (docs/PLAN.md, section 6).
+def _fast_block_bytes_per_token(shape: ModelShape) -> int:
+    return 16 * shape.hidden + 6 * shape.intermediate + 4 * shape.heads + 8
+
+
 # The loss: bf16 logits (2), their fp32 copy (4) and the log-softmax kept for backward (4), per entry. Only
 # the log-softmax is kept till backward, but the other two exist at the end of the forward pass, the peak.
 LOGITS_BYTES_PER_ENTRY = 10
 
 
+def _fused_loss(shape: ModelShape) -> bool:
+    from byzer_magic.runtime.worker.speed import FUSED_LOSS_MODELS  # noqa: PLC0415
+
+    return shape.arch in FUSED_LOSS_MODELS
+
+
 def activation_bytes(shape: ModelShape, micro_batch: int, seq: int, *, checkpointing: bool,
-                     mixed_precision: bool = True) -> int:
+                     mixed_precision: bool = True, fast: bool = False) -> int:
     """Peak activation memory of one micro-batch on one GPU (forward done, backward starting).
 
     With activation checkpointing each block keeps only its bf16 input (2h a token) and one block's full
-    activations exist at a time, while it is recomputed in the backward pass.
+    activations exist at a time, while it is recomputed in the backward pass. ``fast``: speed.py's GPU
+    path (compiled layers; the fused loss keeps the bf16 hidden-state gradient, 2h a token, the LM head's
+    gradient, 2Vh, and one chunk of bf16 logits at a time instead of [tokens, vocab] in fp32).
     """
-    block = _block_bytes_per_token(shape)
+    block = _fast_block_bytes_per_token(shape) if fast else _block_bytes_per_token(shape)
     layers = shape.layers * 2 * shape.hidden + block if checkpointing else shape.layers * block
+    tokens = micro_batch * seq
+    if fast and _fused_loss(shape):
+        from byzer_magic.runtime.worker.speed import LOSS_CHUNK_TOKENS  # noqa: PLC0415
+
+        head = tokens * (10 * shape.hidden + 16) + 2 * shape.vocab * shape.hidden \
+            + 2 * min(tokens, LOSS_CHUNK_TOKENS) * shape.vocab
+        return tokens * layers + head
     per_token = layers + 8 * shape.hidden + 16 + LOGITS_BYTES_PER_ENTRY * shape.vocab  # final norm, ids, labels
-    total = micro_batch * seq * per_token
+    total = tokens * per_token
     return total if mixed_precision else 2 * total  # fp32: every 16-bit tensor doubles (an upper bound)
 
 
 def buffer_bytes(ds_config: dict, zero: ZeroSetup, params: int, world: int = 1) -> int:
     """GPU memory DeepSpeed holds beyond the model states its estimators count (measured, docs/PLAN.md):
-    the 16-bit gradient bucket of ``reduce_bucket_size`` elements (ZeRO-1/2/3), ZeRO-3's live gathered
-    parameters (``stage3_max_live_parameters``, 16-bit), and, when ZeRO-1/2 offloads the optimizer, the
-    16-bit gradient partition staged on the GPU before its copy to the host."""
+    the 16-bit gradient bucket of ``reduce_bucket_size`` elements (ZeRO-1/2/3; two with ``overlap_comm``),
+    ZeRO-3's live gathered parameters (``stage3_max_live_parameters``, 16-bit), and, when ZeRO-1/2 offloads
+    the optimizer, the 16-bit gradient partition staged on the GPU before its copy to the host."""
     if zero.stage == 0:
         return 0
     section = ds_config.get("zero_optimization") or {}
@@ -157,7 +184,7 @@ def buffer_bytes(ds_config: dict, zero: ZeroSetup, params: int, world: int = 1) 
         value = section.get(key, default)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
-    out = 2 * number("reduce_bucket_size", 5e8)
+    out = 2 * number("reduce_bucket_size", 5e8) * (2 if section.get("overlap_comm", True) else 1)
     if zero.stage == 3:
         out += 2 * min(number("stage3_max_live_parameters", 1e9), params)
     elif zero.offload_optimizer:
@@ -165,8 +192,40 @@ def buffer_bytes(ds_config: dict, zero: ZeroSetup, params: int, world: int = 1) 
     return int(out)
 
 
-# Room on a card for what no estimate covers: the CUDA context, NCCL, the allocator's fragmentation.
-USABLE_FRACTION = 0.92
+# -- what a GPU holds, as nvidia-smi reads it (measured on an H200, docs/PLAN.md section 6) ----------
+ADAM_STATE_BYTES = 8.0              # fp32 Adam moments m and v, a parameter
+ADAM8_STATE_BYTES = 2 + 8 / 256     # torchao's 8-bit m and v, plus an fp32 scale per block of 256
+STEP_BYTES = 4.25                   # at the optimizer step: the fp32 gradient of the partition (+ norms)
+ADAM8_STEP_BYTES = 5.5              # torchao's compiled 8-bit step: its fp32 intermediates (7B, measured)
+CONTEXT_BYTES = int(1.5 * GiB)      # CUDA context, cuBLAS/cuDNN workspaces, NCCL: nvidia-smi over torch's
+                                    # reserved memory was 1.3-1.9 GiB
+ALLOCATOR_SLACK = 0.01              # expandable segments (build_training_model sets them): reserved was
+                                    # within 1% of the allocated peak
+
+
+def resident_bytes(shape: ModelShape, zero: ZeroSetup, world: int = 1) -> int:
+    """What DeepSpeed holds on each GPU through forward and backward, no offload: bf16 parameters (whole
+    below ZeRO-3), bf16 gradients (whole below ZeRO-2), fp32 master weights and Adam states (whole at
+    ZeRO-0). DeepSpeed's estimator also counts the fp32 gradient copy, which exists only at the step."""
+    n = shape.params
+    par, grad, opt = (world if zero.stage >= k else 1 for k in (3, 2, 1))
+    states = ADAM8_STATE_BYTES if zero.adam8bit else ADAM_STATE_BYTES
+    return int(2 * n / par + 2 * n / grad + (4 + states) * n / opt)
+
+
+def step_bytes(shape: ModelShape, zero: ZeroSetup, ds_config: dict, world: int = 1) -> int:
+    """Extra GPU memory at the optimizer step, when the activations are gone: the partition's fp32
+    gradient (ZeRO-3: one ``sub_group_size`` at a time) and, with 8-bit Adam, torchao's intermediates."""
+    n = shape.params / (world if zero.stage >= 1 else 1)
+    if zero.stage == 3:
+        sub = (ds_config.get("zero_optimization") or {}).get("sub_group_size", 1e9)
+        n = min(n, float(sub) if isinstance(sub, (int, float)) else 1e9)
+    return int(n * (STEP_BYTES + (ADAM8_STEP_BYTES if zero.adam8bit else 0)))
+
+
+# Room on a card for what no estimate covers. GPU estimates count the CUDA context and the allocator's
+# slack themselves (measured within 3% on an H200); offload configs rely on DeepSpeed's estimators.
+USABLE_FRACTION = 0.96
 
 
 def usable_bytes(card_bytes: int) -> int:

@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -173,6 +174,18 @@ def load_model(model_type: str, model_dir: str, *, dtype: torch.dtype | str | No
         raise ByzerError(f"cannot load the model in {path}: {err}") from err
 
 
+def use_expandable_segments() -> None:
+    """Let PyTorch's CUDA allocator grow segments in place (``expandable_segments``) unless the user's
+    ``PYTORCH_CUDA_ALLOC_CONF`` says otherwise: near a full card it otherwise kept up to 9 GiB reserved but
+    unused on an H200 (docs/PLAN.md, section 6), which the plan's memory estimate cannot foresee."""
+    if "expandable_segments" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
+        return
+    try:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    except (AttributeError, RuntimeError) as err:  # an allocator without the setting: keep its default
+        log.warning("expandable CUDA segments not set: %s", err)
+
+
 def build_training_model(model_type: str, *, model_path: str | None = None, model_config: dict | None = None,
                          get_model_file: str | None = None, device: "torch.device | str | None" = None,
                          dtype: torch.dtype | str | None = None) -> torch.nn.Module:
@@ -186,6 +199,8 @@ def build_training_model(model_type: str, *, model_path: str | None = None, mode
     and is moved there afterwards if it placed its tensors elsewhere."""
     torch_dtype = _to_dtype(dtype)
     where = contextlib.nullcontext() if device is None else torch.device(device)
+    if device is not None and torch.device(device).type == "cuda":
+        use_expandable_segments()
     if get_model_file:
         from ray import cloudpickle  # noqa: PLC0415
 
