@@ -91,17 +91,45 @@ class ParallelConfig:
             self.train_args = TrainArgs.from_dict(self.train_args)
 
 
+MAX_JSON_CHARS = 1_000_000  # deepspeedConfig / modelConfig text
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f'key "{key}" is given twice')
+        out[key] = value
+    return out
+
+
+def load_json(text: str, what: str) -> Any:
+    """Strict JSON: bounded size and nesting, no NaN/Infinity, no key given twice; ``ByzerError`` naming
+    ``what`` and the JSON's own line and column otherwise."""
+    from byzer_magic.errors import MAX_NESTING, check_nesting  # noqa: PLC0415
+
+    if len(text) > MAX_JSON_CHARS:
+        raise ByzerError(f"{what} is {len(text):,} characters long; at most {MAX_JSON_CHARS:,}")
+    check_nesting(text, what=what, limit=MAX_NESTING)
+    try:
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as err:
+        raise ByzerError(f"{what} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    except (ValueError, RecursionError) as err:
+        raise ByzerError(f"{what} is not valid JSON: {err}") from None
+
+
 def parse_ds_config(value: dict | str | None) -> dict:
     """The user's DeepSpeed config as a dict; a string must be a JSON object."""
     if value is None or value == "":
         return {}
     if isinstance(value, dict):
         return copy.deepcopy(value)
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise ByzerError(f"deepspeedConfig is not valid JSON: {err.msg} at line {err.lineno}, "
-                         f"column {err.colno}") from None
+    parsed = load_json(value, "deepspeedConfig")
     if not isinstance(parsed, dict):
         raise ByzerError("deepspeedConfig must be a JSON object ({...})")
     return parsed
@@ -117,36 +145,14 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _validate(cfg: dict) -> None:
-    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # noqa: PLC0415
-    from pydantic import ValidationError  # noqa: PLC0415
+def check_user_ds_config(user: dict | str | None, *, num_workers: int | None = None) -> dict:
+    """The user's config merged over ``DEFAULT_CONFIG``, every key checked (runtime/ds_validate.py);
+    ``ByzerError`` naming the key path. Runs in the kernel before anything connects."""
+    from byzer_magic.runtime.ds_validate import check_ds_config  # noqa: PLC0415
 
-    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ByzerError(f"deepspeedConfig: {key} must be a positive integer, got {value!r}")
-    if "train_batch_size" in cfg and not isinstance(cfg["train_batch_size"], int):
-        raise ByzerError(f"deepspeedConfig: train_batch_size must be an integer, got {cfg['train_batch_size']!r}")
-    opt = cfg.get("optimizer")
-    if opt is not None:
-        if not isinstance(opt, dict) or "type" not in opt:
-            raise ByzerError('deepspeedConfig: optimizer must be {"type": ..., "params": {...}}')
-        if opt["type"].lower() not in {o.lower() for o in OPTIMIZERS}:
-            raise ByzerError(f"deepspeedConfig: unknown optimizer {opt['type']!r}"
-                             f"{did_you_mean(opt['type'], OPTIMIZERS)}; valid: {', '.join(OPTIMIZERS)}")
-    sched = cfg.get("scheduler")
-    if sched is not None and sched.get("type") not in SCHEDULERS:
-        raise ByzerError(f"deepspeedConfig: unknown scheduler {sched.get('type')!r}"
-                         f"{did_you_mean(str(sched.get('type')), SCHEDULERS)}; valid: {', '.join(SCHEDULERS)}")
-    zero = cfg.get("zero_optimization", {})
-    try:
-        DeepSpeedZeroConfig(**zero)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ByzerError(f"deepspeedConfig: zero_optimization.{where}: {first['msg']}") from None
-    except TypeError as err:
-        raise ByzerError(f"deepspeedConfig: zero_optimization: {err}") from None
+    cfg = _merge(json.loads(DEFAULT_CONFIG), parse_ds_config(user))
+    check_ds_config(cfg, optimizers=OPTIMIZERS, schedulers=SCHEDULERS, num_workers=num_workers)
+    return cfg
 
 
 def resolve_ds_config(user: dict | str | None, *, on_gpu: bool, bf16_supported: bool = True,
@@ -156,8 +162,7 @@ def resolve_ds_config(user: dict | str | None, *, on_gpu: bool, bf16_supported: 
     Returns the config and the notes to show the user: every setting we could not honour, and what
     was used instead (never silently).
     """
-    cfg = _merge(json.loads(DEFAULT_CONFIG), parse_ds_config(user))
-    _validate(cfg)
+    cfg = check_user_ds_config(user)
     notes: list[str] = []
     bf16 = cfg.get("bf16", {}).get("enabled")
     fp16 = cfg.get("fp16", {}).get("enabled") is True
