@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import types
 from pathlib import Path
@@ -120,8 +121,8 @@ def fake_llm(monkeypatch):
     calls = []
     module = types.ModuleType("byzer_magic.language.llm_run")
 
-    def run_llm(session, statement, *, blocking_output):
-        calls.append((session, statement, blocking_output))
+    def run_llm(session, statement, **kwargs):
+        calls.append((session, statement, kwargs))
         return "submitted"
 
     module.run_llm = run_llm
@@ -241,3 +242,66 @@ def test_extension_reload(shell):
     shell.run_line_magic("load_ext", "byzer_magic")
     assert "byzerllm" in shell.magics_manager.magics["cell"]
     assert sum(type(c).__name__ == "ByzerMagic" for c in shell.configurables) == 1
+
+
+# -- sub-commands: a parser each ------------------------------------------------------------------------
+
+def _job_folder(shell, name: str, **kwargs) -> Path:
+    from byzer_magic.magics.magic import ByzerMagic
+    from tests.support.jobs import write_job_folder
+
+    magic = shell.find_cell_magic("byzerllm").__self__
+    assert isinstance(magic, ByzerMagic)
+    return write_job_folder(magic.session.jobs_dir / name, name, **kwargs)
+
+
+def test_sub_commands_parse_their_arguments(shell, capsys):
+    from byzer_magic.runtime import tensorboard
+
+    job_dir = _job_folder(shell, "parse-demo")
+    for line in ("tensorboard --keep parse-demo", "tensorboard parse-demo --keep"):
+        frame = shell.run_line_magic("byzerllm", line)  # --keep is an option, never the job's name
+        try:
+            assert frame.keep and frame.logdir == str(job_dir / "tensorboard")
+            frame.wait(60)
+        finally:
+            tensorboard.stop(job_dir / "tensorboard")
+    with pytest.raises(UsageError, match=r"^%byzerllm attach: the following arguments are required: NAME; "
+                                         r"usage: %byzerllm attach NAME$"):
+        shell.run_line_magic("byzerllm", "attach")
+    with pytest.raises(UsageError, match=r"%byzerllm export: argument --step: invalid int value: 'last'"):
+        shell.run_line_magic("byzerllm", "export parse-demo --step last")
+    with pytest.raises(UsageError, match=r"%byzerllm stop: unrecognized arguments: --now"):
+        shell.run_line_magic("byzerllm", "stop parse-demo --now")
+    with pytest.raises(UsageError, match=r"no job named 'parse-dem' \(did you mean"):
+        shell.run_line_magic("byzerllm", "attach parse-dem")
+    capsys.readouterr()
+    assert shell.run_line_magic("byzerllm", "logs --help") is None  # help, and nothing runs
+    assert "-f, --follow" in capsys.readouterr().out
+
+
+def test_logs_follow_streams_the_job_log_once(shell, ray_cluster, capsys, monkeypatch):
+    """`%byzerllm logs -f` prints the last lines, then what the job writes as Ray streams it, each line
+    once, and returns when the job ends; the whole log is downloaded once, not every few seconds."""
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+
+    from byzer_magic.runtime.kernel.jobs import JobHandle
+
+    name = time.strftime("logs-demo-%H%M%S")
+    _job_folder(shell, name)
+    script = "import time\nfor i in range(8):\n    print(f'line {i}', flush=True)\n    time.sleep(0.5)\n"
+    client = JobSubmissionClient(ray_cluster.dashboard_url)
+    client.submit_job(entrypoint=f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}", submission_id=name)
+    downloads = []
+    logs = JobHandle.logs
+    monkeypatch.setattr(JobHandle, "logs", lambda self, tail=None: downloads.append(1) or logs(self, tail))
+    deadline = time.time() + 60
+    while "line 0" not in client.get_job_logs(name) and time.time() < deadline:
+        time.sleep(0.2)
+    capsys.readouterr()
+    shell.run_line_magic("byzerllm", f"logs -f {name}")
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("line ")] == [f"line {i}" for i in range(8)]
+    assert client.get_job_status(name).is_terminal() and len(downloads) == 1

@@ -1,7 +1,8 @@
 """``ByzerMagic``: the ``%%byzerllm`` cell magic, the ``%byzerllm`` line magic and their settings.
 
 Thin IPython glue: statements run in ``language.session.Session`` (one per kernel), sub-commands live
-in ``magics.commands``, tables are shown by ``magics.display``. Every ``ByzerError`` becomes an
+in ``magics/cmd/`` (a module and a parser each), tables are shown by ``magics.display``, and what Ray and
+DeepSpeed say about themselves goes to Python logging (``magics.quiet``). Every ``ByzerError`` becomes an
 IPython ``UsageError``: the cell fails with its one- or two-line message and no traceback.
 """
 from __future__ import annotations
@@ -11,11 +12,11 @@ from pathlib import Path
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Bool, Int, Unicode, observe
+from traitlets import Bool, Enum, Int, Unicode, observe
 
 from byzer_magic.errors import ByzerError
 from byzer_magic.language.session import Session, TableResult
-from byzer_magic.magics import commands, job_commands  # noqa: F401  (job_commands registers its sub-commands)
+from byzer_magic.magics import cmd, quiet
 from byzer_magic.runtime.kernel.jobs import JobHandle
 
 _HELP = """\
@@ -44,6 +45,8 @@ Settings (%config ByzerMagic.<name> = value):
   max_rows       rows shown for a table (default 10)
   jobs_dir       default folder for training jobs; "" = ~/byzer_magic/jobs
   progress_bars  show Ray Data progress bars and logs (default False)
+  verbose        show Ray's and DeepSpeed's own warnings in cells (default False: Python logging)
+  sql_dialect    "spark" (default: Spark SQL, as Byzer users write it) or "duckdb"
 """
 
 
@@ -57,6 +60,10 @@ class ByzerMagic(Magics):
     jobs_dir = Unicode("", help="Default folder for training jobs (localPathPrefix); empty: "
                                 "~/byzer_magic/jobs or $BYZER_MAGIC_JOBS.").tag(config=True)
     progress_bars = Bool(False, help="Show Ray Data's progress bars and INFO logs.").tag(config=True)
+    verbose = Bool(False, help="Show Ray's and DeepSpeed's own warnings in cells; off: they go to Python "
+                               "logging (byzer_magic.ray, byzer_magic.deepspeed).").tag(config=True)
+    sql_dialect = Enum(["spark", "duckdb"], "spark", help="How selects are read: Spark SQL (as Byzer users "
+                       "write it; translated for DuckDB) or DuckDB's own SQL.").tag(config=True)
     tensorboard_proxy_url = Unicode("", help="URL template for embedded TensorBoard behind a proxy, with "
                                              "%PORT% for its port; empty: $TENSORBOARD_PROXY_URL, "
                                              "jupyter-server-proxy, or 127.0.0.1.").tag(config=True)
@@ -64,6 +71,8 @@ class ByzerMagic(Magics):
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
         self.cluster = None  # ClusterInfo once connected
+        quiet.set_verbose(self.verbose)
+        quiet.quiet_deepspeed()
         self.session = self._new_session()
         type(self).byzerllm.__doc__ = self.help_text()  # `%byzerllm?` lists every registered command
 
@@ -73,7 +82,7 @@ class ByzerMagic(Magics):
         """(replaced by help_text() when the extension loads)"""
         if cell is None:
             try:
-                return commands.run_command(self, line)
+                return cmd.run_command(self, line)
             except ByzerError as err:
                 raise UsageError(str(err)) from None
         output = _output_name(line)
@@ -95,7 +104,7 @@ class ByzerMagic(Magics):
 
     # ----------------------------------------------------------------------------- helpers
     def help_text(self) -> str:
-        return _HELP.replace("{commands}", commands.summaries())
+        return _HELP.replace("{commands}", cmd.summaries())
 
     def monitor(self, handle: JobHandle):
         """The live monitor of a job (the widgets render what the job API reports)."""
@@ -112,6 +121,7 @@ class ByzerMagic(Magics):
         if self.cluster is None:
             from byzer_magic.runtime import cluster, tables  # noqa: PLC0415
 
+            quiet.quiet_ray()  # before ray.init starts the thread that prints what raylets push
             info = cluster.connect(self.ray_address or None)
             tables.configure_ray_data(self.progress_bars, single_machine=info.embedded)
             print(info.describe())
@@ -123,7 +133,7 @@ class ByzerMagic(Magics):
 
         namespace = self.shell.user_ns if self.shell is not None else {}
         session = Session(connect=self.connect, namespace=namespace, output=display,
-                          jobs_dir=self.jobs_dir or None)
+                          jobs_dir=self.jobs_dir or None, sql_dialect=self.sql_dialect)
         session.show_job = lambda handle: display(self.monitor(handle))
         return session
 
@@ -132,6 +142,14 @@ class ByzerMagic(Magics):
         from byzer_magic.runtime.home import default_jobs_dir  # noqa: PLC0415
 
         self.session.jobs_dir = Path(change["new"]) if change["new"] else default_jobs_dir()
+
+    @observe("sql_dialect")
+    def _sql_dialect_changed(self, change) -> None:
+        self.session.sql_dialect = change["new"]
+
+    @observe("verbose")
+    def _verbose_changed(self, change) -> None:
+        quiet.set_verbose(change["new"])
 
     @observe("progress_bars")
     def _progress_bars_changed(self, change) -> None:
