@@ -246,6 +246,35 @@ def test_set_forms():
         ("a", "x\ny"), ("b", "2"), ("c", "bare-word.v1"), ("d", "t")]
 
 
+def test_set_keeps_its_options_and_where_its_value_starts():
+    a, b = parse_cell("set n=\"select count(*) from t\" where type=\"sql\";\nset m='''select\n 1''' options type='sql';")
+    assert (a.value, [(o.key, o.value) for o in a.options]) == ("select count(*) from t", [("type", "sql")])
+    assert (a.value_span.line, a.value_span.column, a.value_raw) == (1, 8, "select count(*) from t")
+    assert (b.value_span.line, b.value_span.column, b.value_raw) == (2, 10, "select\n 1")
+    assert [o.key for o in b.options] == ["type"]
+
+
+def test_where_may_start_with_and():
+    """Byzer-LLM's README writes `where` and then lines that each start with `and`."""
+    run = only('run command as LLM.`` where\nand name="x"\n-- a comment\nand localModelDir="/m"\n'
+               'and `sfft.int.max_length`="128";')
+    assert [(o.key, o.value, o.span.line) for o in run.options] == [
+        ("name", "x", 2), ("localModelDir", "/m", 4), ("sfft.int.max_length", "128", 5)]
+    assert [o.key for o in only('load text.`/d` where and wholetext="true" as t').options] == ["wholetext"]
+
+
+def test_select_strings_follow_the_dialect():
+    """Spark: '...' and "..." are strings with backslash escapes; DuckDB: '' doubles a quote, "..." names."""
+    spark = only(r"""select 'it\'s; fine' as a, "x\" as y; z" as b from t as u""")
+    assert (spark.alias, spark.sql) == ("u", r"""select 'it\'s; fine' as a, "x\" as y; z" as b from t""")
+    duck = parse_cell(r"""select 'C:\' as path, "odd""name" from t as u""", sql_dialect="duckdb")[0]
+    assert (duck.alias, duck.sql) == ("u", r"""select 'C:\' as path, "odd""name" from t""")
+    with pytest.raises(ByzerError, match="unterminated string"):
+        parse_cell(r"select 'C:\' as path from t as u")  # in Spark the backslash escapes the quote
+    with pytest.raises(ByzerError, match='unknown SQL dialect "mysql"'):
+        parse_cell("select 1 as a", sql_dialect="mysql")
+
+
 def test_setup_forms():
     assert [(s.value, s.quoted) for s in parse_cell(
         "!byzerllm setup sfft; !byzerllm setup \"num_gpus=24\"; !byzerllm setup 'maxConcurrency=1'")] == [

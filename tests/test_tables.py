@@ -8,6 +8,7 @@ import pytest
 
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime import tables
+from byzer_magic.runtime.tables import sql as sql_module
 
 
 def _lines(path: Path) -> list[str]:
@@ -87,7 +88,7 @@ def test_load_lines_one_row_per_line(loaded, text_files):
     ("with x as (select value from t) select * from x", False),
 ])
 def test_row_wise_detection(sql, row_wise):
-    assert tables._is_row_wise(tables._parse(sql)) is row_wise
+    assert sql_module.is_row_wise(sql_module.parse(sql)) is row_wise
 
 
 def test_projection_and_filter_run_batchwise(loaded):

@@ -13,14 +13,17 @@ Choices:
   interpolation.py reads as a literal ``${``). ``'''...'''`` is verbatim and may span lines.
 - ``${name}`` is not substituted here: values are kept raw, ``interpolation.interpolate`` runs when
   the statement does (so that a ``set`` earlier in the same cell is seen).
-- The SQL of a ``select`` is lexed the way DuckDB does (``'it''s'``, ``"quoted name"``, ``--`` and
-  ``/* */`` comments, parentheses); its alias is the last top-level ``as NAME``.
+- The SQL of a ``select`` is lexed as its dialect does (``sql_dialect``): Spark's (the default, as
+  Byzer users write it: ``'...'`` and ``"..."`` are strings with backslash escapes) or DuckDB's
+  (``'it''s'``, ``"quoted name"``); ``--`` and ``/* */`` comments and parentheses in both. Its alias is
+  the last top-level ``as NAME``.
 - A select's ``sql`` ends at its last token before the alias (a comment just before ``as NAME`` is
   left out). Inside a select, a line that starts with ``load``, ``run``, ``set``, ``!byzerllm``, or
   ``select`` not after ``union``/``intersect``/``except``, is taken for a forgotten ``;``.
 - Keywords are case-insensitive; elsewhere they are ordinary names (``where as="1"``, ``as loader``).
-- ``where`` may also be written ``options`` (as in Byzer); ``set x=... where type="..."`` is accepted
-  and the ``where`` ignored. An option given twice is an error.
+- ``where`` may also be written ``options`` (as in Byzer), and may be followed directly by ``and``
+  (``where\nand k="v"``, as Byzer's grammar allows). ``set x=... where type="..."`` keeps its options
+  (``session.py`` runs them). An option given twice is an error.
 - Control characters other than tab, newline and carriage return are refused (a pasted NUL or escape
   byte would otherwise end up in a path or a SQL string, unseen).
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
+from lark.lexer import PatternRE
 
 from byzer_magic.errors import ByzerError, did_you_mean
 from byzer_magic.language.statements import (LoadStatement, Option, RunStatement, SelectStatement,
@@ -43,17 +47,32 @@ _KEYWORD_STATEMENT = {"LOAD": "load", "SELECT": "select", "RUN": "run", "SET": "
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # all but tab, newline, CR
 
 
+SQL_DIALECTS = ("spark", "duckdb")
+# Spark's quoting (what the grammar's DuckDB terminals become in the Spark dialect): both quotes make
+# strings, and a backslash escapes the next character.
+_SPARK_SQL_TERMINALS = {"SQL_STRING": r"'(?:[^'\\]|\\[\s\S])*'", "SQL_QUOTED_NAME": r'"(?:[^"\\]|\\[\s\S])*"'}
+
+
 @functools.cache
-def _lark() -> Lark:
+def _lark(sql_dialect: str = "spark") -> Lark:
     grammar = Path(__file__).with_name("grammar.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True)
+
+    def edit(terminal) -> None:
+        if sql_dialect == "spark" and terminal.name in _SPARK_SQL_TERMINALS:
+            terminal.pattern = PatternRE(_SPARK_SQL_TERMINALS[terminal.name])
+
+    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, edit_terminals=edit)
 
 
-def parse_cell(text: str) -> list[Statement]:
-    """The statements of a cell, in order; ``[]`` for an empty cell or one of only comments."""
+def parse_cell(text: str, sql_dialect: str = "spark") -> list[Statement]:
+    """The statements of a cell, in order; ``[]`` for an empty cell or one of only comments.
+    ``sql_dialect`` (``"spark"`` or ``"duckdb"``) decides how a select's strings are lexed."""
+    if sql_dialect not in SQL_DIALECTS:
+        raise ByzerError(f'unknown SQL dialect "{sql_dialect}"{did_you_mean(sql_dialect, SQL_DIALECTS)}; '
+                         f"dialects: {', '.join(SQL_DIALECTS)}")
     cell = _Cell(text)
     cell.check_characters()
-    tree = _parse_tree(cell)
+    tree = _parse_tree(cell, sql_dialect)
     return [_build(cell, child) for child in tree.children if isinstance(child, Tree)]
 
 
@@ -93,8 +112,8 @@ class _Cell:
 # ---------------------------------------------------------------------------------------------------
 # Running the parser, and turning lark's errors into messages a user can act on.
 
-def _parse_tree(cell: _Cell) -> Tree:
-    parser = _lark().parse_interactive(cell.text)
+def _parse_tree(cell: _Cell, sql_dialect: str) -> Tree:
+    parser = _lark(sql_dialect).parse_interactive(cell.text)
     context = _Context()
     # The state before the next token, kept because LALR reduces on merged look-aheads: a token that
     # fails can leave the parser with fewer choices than the user really had at that point.
@@ -223,8 +242,8 @@ def _describe_expected(expected: set[str], context: _Context) -> str:
     if context.previous is not None and context.previous.type == "RUN":
         return "a table name (or command)"
     in_run = context.name == "run"
-    if "OPTION_KEY" in expected:
-        expected = expected - {"BQ"}  # here a back-quote starts a key such as `sfft.int.max_length`
+    if "OPTION_KEY" in expected:  # a back-quote starts a key such as `sfft.int.max_length`; a leading
+        expected = expected - {"BQ", "AND"}  # `and` (Byzer allows `where and k=v`) is not worth a mention
     phrases = {
         "SETUP": '"setup"', "EQ": "'='", "RPAR": "')'",
         "DOT": "'.' and a back-quoted path, as in text.`/data/*.txt`",
@@ -285,8 +304,13 @@ def _build_run(cell, tree, span, text):
 
 
 def _build_set(cell, tree, span, text):
-    _, name, _, value, *_ignored_where = tree.children
-    return SetStatement(span=span, text=text, name=str(name), value=_value(value))
+    _, name, _, value, *rest = tree.children
+    token = value.children[0].children[0] if isinstance(value.children[0], Tree) else value.children[0]
+    quote = 3 if token.type == "TRIPLE_STRING" else 1 if token.type in ("DQ_STRING", "SQ_STRING") else 0
+    value_span = cell.span(token.line, token.column + quote)
+    raw = str(token)[quote:len(token) - quote]
+    return SetStatement(span=span, text=text, name=str(name), value=_value(value),
+                        options=_options(cell, rest, "set"), value_span=value_span, value_raw=raw)
 
 
 def _build_setup(cell, tree, span, text):
@@ -387,3 +411,19 @@ def _unescape(match: re.Match) -> str:
     if len(code) == 5:
         return chr(int(code[1:], 16))
     return _ESCAPES.get(code, match.group())
+
+
+def raw_offset(raw: str, index: int) -> int:
+    """Where character ``index`` of a "..."/'...' string's value stands in its text as written
+    (``raw``, escapes unread)."""
+    written = produced = 0
+    for match in re.finditer(r"\\(u[0-9a-fA-F]{4}|.)", raw):
+        plain = match.start() - written
+        if produced + plain > index:
+            break
+        produced, written = produced + plain, match.start()
+        length = len(_unescape(match))
+        if produced + length > index:  # inside this escape (kept as written when it is not one)
+            return written + (index - produced if length == len(match.group()) else 0)
+        produced, written = produced + length, match.end()
+    return written + (index - produced)

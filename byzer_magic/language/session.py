@@ -12,12 +12,13 @@ cell's preview, or in training.
 from __future__ import annotations
 
 import importlib
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from byzer_magic.errors import ByzerError, did_you_mean
+from byzer_magic.language import values
+from byzer_magic.language.values import at as _at, find as _find
 from byzer_magic.language.statements import (LoadStatement, Option, RunStatement, SelectStatement,
                                              SetStatement, SetupStatement, Span, Statement)
 from byzer_magic.runtime.home import default_jobs_dir
@@ -36,7 +37,15 @@ VALID_SETUP_KEYS: dict[str, tuple[type, str]] = {
 }
 # `!byzerllm setup MODE;` -> what it selects; stored as ``setup[MODE] = True``.
 SETUP_MODES: dict[str, str] = {"sfft": "full-parameter pretraining (for later `run ... as LLM`)"}
-LOAD_FORMATS: dict[str, tuple[str, ...]] = {"text": ("wholetext",)}  # format -> its options
+# format -> its options (docs/LANGUAGE.md, "Loading files"); the readers are in runtime/tables/.
+LOAD_FORMATS: dict[str, tuple[str, ...]] = {
+    "text": ("wholetext", "encoding", "chunkSize"),
+    "json": (),
+    "parquet": (),
+    "csv": ("header", "delimiter", "encoding", "inferSchema"),
+}
+SET_TYPES = ("text", "sql", "defaultParam")  # `set x=... where type="..."`
+SQL_DIALECTS = ("spark", "duckdb")
 TRANSFORMS = ("TableRepartition", "LLM")
 REPARTITION_OPTIONS = ("partitionNum", "partitionCols")
 
@@ -62,13 +71,14 @@ class Session:
 
     ``connect`` is called once, on the first statement that needs Ray, and returns the cluster's
     ``ClusterInfo``. ``namespace`` (the notebook's variables) backs ``${name}`` when no ``set`` defines
-    it. ``output`` shows what a blocking run prints as it goes. ``jobs_dir`` is the default folder for
-    jobs (None: ``runtime.home.default_jobs_dir()``).
+    it. ``output`` shows notes and what a blocking run prints as it goes. ``jobs_dir`` is the default
+    folder for jobs (None: ``runtime.home.default_jobs_dir()``). ``sql_dialect``: ``"spark"`` (selects
+    are Spark SQL, translated for DuckDB) or ``"duckdb"``.
     """
 
     def __init__(self, *, connect: Callable[[], "ClusterInfo"] | None = None,
                  namespace: Mapping[str, Any] | None = None, output: Callable[[object], None] = print,
-                 jobs_dir: str | Path | None = None):
+                 jobs_dir: str | Path | None = None, sql_dialect: str = "spark"):
         self.tables: dict[str, ray.data.Dataset] = {}
         self.variables: dict[str, str] = {}
         self.setup: dict[str, Any] = {}
@@ -76,6 +86,7 @@ class Session:
         self.output = output
         self.show_job: Callable[[object], None] | None = None  # shows a running job (the magics: its monitor)
         self.jobs_dir = Path(jobs_dir) if jobs_dir else default_jobs_dir()
+        self.sql_dialect = sql_dialect  # "spark" (Byzer's) or "duckdb": how selects are read
         self.last_table: TableResult | None = None  # the last table made by the latest cell
         self._connect = connect or _default_connect
         self._cluster: ClusterInfo | None = None
@@ -86,7 +97,7 @@ class Session:
         """Run a cell's statements; the result of the last one (a ``TableResult`` for a table)."""
         from byzer_magic.language.parser import parse_cell  # noqa: PLC0415
 
-        statements = parse_cell(text)
+        statements = parse_cell(text, self._dialect())
         self._cell_lines = text.split("\n")
         self.last_table = None
         result = None
@@ -144,14 +155,22 @@ class Session:
             raise _at(ByzerError(f'unknown format "{st.format}"{did_you_mean(st.format, LOAD_FORMATS)}; '
                                  f"formats: {', '.join(LOAD_FORMATS)}"), _find(st.span, st.format))
         options = self._options(st.options, LOAD_FORMATS[fmt], f"load {fmt}")
-        wholetext = self._bool(options["wholetext"]) if "wholetext" in options else False
+        arguments = values.load_arguments(options)
         path_span = _find(st.span, "`" + st.path.split("\n")[0], shift=1)
         path = self.interpolate(st.path, path_span)
         self.ensure_ray()
+        note = None
         try:
-            ds = tables.load_text(path, wholetext=wholetext)
+            if fmt == "text":
+                ds, note = tables.load_text_checked(path, wholetext=arguments.pop("wholetext", False),
+                                                    **arguments)
+            else:
+                ds = {"json": tables.load_json, "parquet": tables.load_parquet, "csv": tables.load_csv}[fmt](
+                    path, **arguments)
         except ByzerError as err:
             raise _at(err, path_span)
+        if note:
+            print(f"note: {st.alias}: {note}")
         return self.set_table(st.alias, ds)
 
     def _select(self, st: SelectStatement) -> TableResult:
@@ -160,11 +179,11 @@ class Session:
         sql = self.interpolate(st.sql, st.sql_span)
         self.ensure_ray()
         try:
-            ds = tables.run_sql(sql, self.tables)
+            ds = tables.run_sql(sql, self.tables, dialect=self._dialect())
         except tables.SqlError as err:
             if err.sql_line is not None:
-                err.line, err.column, err.source_line = self._sql_position(st, sql, err.sql_line,
-                                                                           err.sql_column)
+                err.line, err.column, err.source_line = values.text_position(
+                    self._cell_lines, st.sql_span, st.sql, st.sql, sql, err.sql_line, err.sql_column)
             raise
         return self.set_table(st.alias, ds)
 
@@ -185,7 +204,7 @@ class Session:
             raise ByzerError('TableRepartition needs partitionNum="N" (the number of partitions)')
         if not st.alias:
             raise ByzerError("TableRepartition needs `as NAME` to name its result")
-        n = self._positive(options["partitionNum"], int)
+        n = values.positive(options["partitionNum"], int)
         cols_option = options.get("partitionCols")
         cols = [c.strip() for c in cols_option.value.split(",") if c.strip()] if cols_option else None
         try:
@@ -211,7 +230,51 @@ class Session:
         return llm_run.run_llm(self, replace(st, options=options), show_job=self.show_job)
 
     def _set(self, st: SetStatement) -> None:
-        self.variables[st.name] = self.interpolate(st.value, st.span)
+        options = self._options(st.options, ("type",), "set")
+        kind = options.get("type")
+        name = kind.value.strip() if kind else "text"
+        if kind is not None and name.lower() in ("shell", "conf"):
+            what = "run shell commands" if name.lower() == "shell" else "set Spark configuration"
+            raise _at(ByzerError(f'type="{name}" is not supported: a set does not {what} here (Byzer did, on '
+                                 "its server); run it in a Python cell and use the result as ${name}; types: "
+                                 f"{', '.join(SET_TYPES)}"), kind.span)
+        found = next((t for t in SET_TYPES if t.lower() == name.lower()), None)
+        if found is None:
+            raise _at(ByzerError(f'unknown set type "{name}"{did_you_mean(name, SET_TYPES)}; types: '
+                                 f"{', '.join(SET_TYPES)}"), kind.span)
+        if found == "defaultParam" and st.name in self.variables:
+            return  # a default: an earlier set wins
+        value = self.interpolate(st.value, st.value_span or st.span)
+        self.variables[st.name] = self._scalar(st, value) if found == "sql" else value
+
+    def _scalar(self, st: SetStatement, sql: str) -> str:
+        """The one value that ``sql`` returns (``set ... where type="sql"``), as text."""
+        from byzer_magic.runtime import tables  # noqa: PLC0415
+
+        self.ensure_ray()
+        try:
+            ds = tables.run_sql(sql, self.tables, dialect=self._dialect())
+            columns = tables.schema_of(ds).names
+            rows = ds.take(2) if len(columns) == 1 else []
+        except tables.SqlError as err:
+            if err.sql_line is not None and st.value_span is not None:
+                err.line, err.column, err.source_line = values.text_position(
+                    self._cell_lines, st.value_span, st.value_raw, st.value, sql, err.sql_line, err.sql_column)
+            raise
+        except Exception as exc:
+            error = tables.data_error(exc)
+            if error is None:
+                raise
+            raise error from None
+        where = 'a set with type="sql" binds one value'
+        if len(columns) != 1:
+            raise ByzerError(f"{where}: the query returns {len(columns)} columns ({', '.join(columns)})")
+        if len(rows) != 1:
+            raise ByzerError(f"{where}: the query returns {'no rows' if not rows else 'more than one row'}")
+        value = rows[0][columns[0]]
+        if value is None:
+            raise ByzerError(f"{where}: the query returns NULL (coalesce(..., '') gives a default)")
+        return str(value)
 
     def _setup(self, st: SetupStatement) -> dict[str, Any]:
         value = self.interpolate(st.value, st.span).strip()
@@ -229,8 +292,8 @@ class Session:
                                  f"keys: {', '.join(VALID_SETUP_KEYS)}"), _find(st.span, key))
         kind = VALID_SETUP_KEYS[key][0]
         option = Option(key, raw, _find(st.span, key))
-        parsed = self._bool(option) if kind is bool else raw if kind is str else self._positive(option, kind)
-        self.setup[key] = parsed
+        self.setup[key] = values.boolean(option) if kind is bool else raw if kind is str else \
+            values.positive(option, kind)
         return dict(self.setup)
 
     # ---------------------------------------------------------------------------- options
@@ -245,40 +308,12 @@ class Session:
             found[option.key] = replace(option, value=self.interpolate(option.value, option.span))
         return found
 
-    @staticmethod
-    def _positive(option: Option, kind: type) -> int | float:
-        pattern = r"\+?\d+" if kind is int else r"\+?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
-        text = option.value.strip()
-        if re.fullmatch(pattern, text) and kind(text) > 0:
-            return kind(text)
-        noun = "a positive whole number" if kind is int else "a positive number"
-        raise _at(ByzerError(f'{option.key} must be {noun}, not "{option.value}"'), option.span)
-
-    @staticmethod
-    def _bool(option: Option) -> bool:
-        text = option.value.strip().lower()
-        if text in ("true", "false"):
-            return text == "true"
-        raise _at(ByzerError(f'{option.key} must be "true" or "false", not "{option.value}"'), option.span)
-
-    def _sql_position(self, st: SelectStatement, sql: str, sql_line: int, sql_column: int | None):
-        """Cell line, column and line text of a position in the (interpolated) SQL text."""
-        line = st.sql_span.line + sql_line - 1
-        sql_text = sql.split("\n")[sql_line - 1] if sql_line <= sql.count("\n") + 1 else ""
-        offset = st.sql_span.column - 1 if sql_line == 1 else 0
-        cell_text = self._cell_lines[line - 1] if 0 < line <= len(self._cell_lines) else ""
-        source = cell_text if sql == st.sql else cell_text[:offset] + sql_text
-        return line, (offset + sql_column) if sql_column else None, source
-
-
-def _find(span: Span, word: str, shift: int = 0) -> Span:
-    """Where ``word`` first appears on the statement's first line, after its start (else ``span``)."""
-    at = span.source_line.lower().find(word.lower(), span.column - 1) if word else -1
-    return Span(span.line, at + 1 + shift, span.source_line) if at >= 0 else span
-
-
-def _at(err: ByzerError, span: Span) -> ByzerError:
-    return err.located(line=span.line, column=span.column, source_line=span.source_line)
+    def _dialect(self) -> str:
+        if self.sql_dialect not in SQL_DIALECTS:
+            hint = did_you_mean(self.sql_dialect, SQL_DIALECTS)
+            raise ByzerError(f'unknown SQL dialect "{self.sql_dialect}"{hint}; %config ByzerMagic.sql_dialect '
+                             f"takes: {', '.join(SQL_DIALECTS)}")
+        return self.sql_dialect
 
 
 def _default_connect() -> "ClusterInfo":

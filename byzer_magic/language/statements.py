@@ -71,6 +71,10 @@ class SetupStatement(Statement):
 
 @dataclass(frozen=True)
 class SetStatement(Statement):
-    """``set NAME='''...''' [where ...];``"""
+    """``set NAME='''...''' [where type="sql" ...];``: ``value_span`` is where the value's text starts
+    (after its quote), ``value_raw`` that text as written (escapes not yet read), to locate errors in it."""
     name: str
     value: str
+    options: tuple[Option, ...] = ()
+    value_span: Span | None = None
+    value_raw: str = ""
