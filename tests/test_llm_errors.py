@@ -40,11 +40,15 @@ CASES = [
     ('and `sfft.int.max_lenght`="128"', 'did you mean "max_length"', 6),
     ('and `sfft.int.max_length`="abc"', 'must be an integer, got "abc"', 6),
     ('and `sfft.str.max_length`="128"', "max_length is an integer; write `sfft.int.max_length`", 6),
-    ('and `sfft.int.max_length`="-5"', "max_length must be an integer >= 2", 2),
+    ('and `sfft.int.max_length`="-5"', "max_length must be between 2 and", 6),
     ('and detached="maybe"', 'must be "true" or "false"', 6),
     ("and deepspeedConfig='''{\"zero_optimization\": {\"stage\": 3,}}'''", "deepspeedConfig is not valid JSON", 6),
-    ("and deepspeedConfig='''{\"optimizer\": {\"type\": \"AdamX\"}}'''", 'unknown optimizer', 2),
-    ("and deepspeedConfig='''{\"zero_optimization\": {\"stage\": 7}}'''", "zero_optimization.stage", 2),
+    ("and deepspeedConfig='''{\"optimizer\": {\"type\": \"AdamX\"}}'''", 'unknown optimizer', 6),
+    ("and deepspeedConfig='''{\"zero_optimization\": {\"stage\": 7}}'''", "zero_optimization.stage", 6),
+    ("and deepspeedConfig='''{\"zero_optimisation\": {\"stage\": 3}}'''", 'did you mean "zero_optimization"', 6),
+    ("and deepspeedConfig='''{\"train_batch_size\": 64}'''", "train_batch_size: 64 disagrees", 6),
+    ('and Name="other"', "`Name` is given twice", 6),
+    ('and `sfft.str.model_path`="/elsewhere"', "is localModelDir under another name", 6),
 ]
 
 

@@ -17,10 +17,10 @@ def run_llm(session, statement: RunStatement, *, show_job: Callable[[object], No
     show, blocking_output = show_job, print
     from byzer_magic.runtime.kernel.submit import DeepSpeedTrain  # noqa: PLC0415
 
-    cluster = session.ensure_ray()
     session.last_llm_statement = statement  # for %byzerllm plan
     tables = {name.lower(): ds for name, ds in session.tables.items()}
     run = parse_llm_options(statement.options, setup=session.setup, tables=_CaseInsensitive(tables))
+    cluster = session.ensure_ray()  # only once the statement is valid: a bad cell connects to nothing
     config = run.config
     config.local_path_prefix = config.local_path_prefix or str(session.jobs_dir)
     dst = DeepSpeedTrain(config, ray_address=cluster.address if not cluster.embedded else None)
