@@ -5,10 +5,12 @@
     python bench/h200.py --tiny                # a tiny model on the CPU: checks every path in a minute or two
 
 Every path trains the same model (TinyLlama-1.1B's shape: hidden 2048, 22 layers, 32 heads, 4 KV heads,
-intermediate 5632, vocab 32000) on random tokens, sequence 2048, micro-batch 8, bf16, gradient
-accumulation 1, AdamW, clipping 1.0. Each path runs in its own process (bench/paths.py); its peak GPU
-memory is read from nvidia-smi while it runs. MFU counts (6N + 12·L·H·S) FLOPs per token, N the
-parameters without the input embedding, against the H200's dense bf16 peak, 989 TFLOP/s.
+intermediate 5632, vocab 32000) on random tokens, sequence 2048, bf16, AdamW, clipping 1.0. ``byzer_magic``
+runs at our defaults (batch_defaults.choose_batch: micro-batch 16 x accumulation 16 = 2**19 tokens an
+optimizer step) and ``torch_compile`` at the same batch; the other anchors keep the issue's micro-batch 8,
+accumulation 1. Each path runs in its own process (bench/paths.py); its peak GPU memory is read from
+nvidia-smi while it runs. MFU counts (6N + 12·L·H·S) FLOPs per token, N the parameters without the input
+embedding, against the H200's dense bf16 peak, 989 TFLOP/s.
 """
 from __future__ import annotations
 
@@ -34,6 +36,13 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "nu
 REFERENCE_MFU = {"deepspeed_zero2_eager": 0.328, "deepspeed_zero2_ray_actor": 0.325, "torch_eager": 0.364,
                  "torch_compile": 0.441}
 ANCHORS = ["torch_eager", "torch_compile", "deepspeed_zero2_eager", "deepspeed_zero2_ray_actor"]
+# Paths measured at our default batch rather than the issue's micro-batch 8, accumulation 1.
+AT_DEFAULT_BATCH = ("byzer_magic", "torch_compile", "deepspeed_zero2_fast_default")
+# 7B on one H200: ZeRO-2 with torchao's 8-bit AdamW (fp32 master weights; worker/optim.py), 3 sequences of
+# 4096 a micro-step, accumulation 8 (98k tokens a step: a few steps fit the bench's time; the default
+# would be 2**19, 43 s a step).
+ADAMW8BIT = {"optimizer": {"type": "AdamW8bit", "params": {"lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8,
+                                                            "weight_decay": 0.1}}}
 
 
 # Variants: (worker in bench/paths.py, settings changed). ``*_fast`` are our speed-ups on DeepSpeed in one
@@ -46,7 +55,16 @@ VARIANTS = {
     "deepspeed_zero0_fast": ("deepspeed_zero2_fast", {"ds_extra": {"zero_optimization": {"stage": 0}}}),
     "deepspeed_zero2_fast_flash": ("deepspeed_zero2_fast", {"env": {"BYZER_MAGIC_SDPA": "flash,efficient"}}),
     "deepspeed_zero2_fast_gas8": ("deepspeed_zero2_fast", {"gas": 8}),
+    "deepspeed_zero2_fast_default": ("deepspeed_zero2_fast", {}),
 }
+
+
+def default_batch(seq: int) -> tuple[int, int]:
+    """Our defaults for one GPU (the plan lets 1.1B take any micro-batch up to 64 at 2048 tokens)."""
+    from byzer_magic.runtime.batch_defaults import choose_batch  # noqa: PLC0415
+
+    micro, gas, _ = choose_batch(max_length=seq, workers=1, max_micro=64)
+    return micro, gas
 
 
 def settings_for(path: str, tiny: bool) -> dict:
@@ -54,16 +72,16 @@ def settings_for(path: str, tiny: bool) -> dict:
     gpu = not tiny
     base = {"gpu": gpu, "model": TINY if tiny else LLAMA_1B, "seq": 128 if tiny else 2048, "micro": 2 if tiny else 8,
             "gas": 1, "warmup": 2 if tiny else 6, "steps": 4 if tiny else 12}
+    if path in AT_DEFAULT_BATCH:
+        base["micro"], base["gas"] = default_batch(base["seq"]) if not tiny else (2, 2)
+        base["defaults"] = path == "byzer_magic"  # the job chooses them itself; the bench only sizes its data
     base.update(VARIANTS.get(path, (path, {}))[1])
     if base["gas"] > 1:
-        base.update(warmup=3 if tiny else 4, steps=3 if tiny else 6)
+        base.update(warmup=2, steps=2 if tiny else 4)
     if path == "byzer_magic_7b":
-        # ZeRO-2 (one GPU: nothing to partition, no offload needed): bf16 weights + grads, fp32 master
-        # weights and Adam moments are ~101 GiB; one 4096-token sequence per micro-step leaves the
-        # activations room, accumulation over 4 of them amortises the 6.7B-parameter optimizer step.
-        base.update(model=TINY if tiny else LLAMA_7B, seq=128 if tiny else 4096, micro=1, gas=2 if tiny else 4,
-                    warmup=2, steps=3,
-                    env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"})  # less fragmentation near the limit
+        base.update(model=TINY if tiny else LLAMA_7B, seq=128 if tiny else 4096, micro=3 if not tiny else 2,
+                    gas=8 if not tiny else 2, warmup=1, steps=2 if tiny else 3,
+                    ds_extra=ADAMW8BIT if not tiny else {})
     base["name"] = path
     return base
 
@@ -176,6 +194,8 @@ def main() -> int:
                         help="comma-separated: byzer_magic, byzer_magic_gas8, byzer_magic_7b, " + ", ".join(ANCHORS))
     parser.add_argument("--out", default=str(HERE / "results" / ("h200-tiny.json" if "--tiny" in sys.argv else "h200.json")))
     parser.add_argument("--timeout", type=float, default=420, help="seconds per path before it is stopped")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (later paths get less)")
+    parser.add_argument("--timeouts", default="", help="per-path limits, e.g. byzer_magic=240,torch_eager=90")
     parser.add_argument("--log", default=None, help="full log of every path (default: beside --out)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -186,15 +206,28 @@ def main() -> int:
            "versions": versions(), "peak_tflops": PEAK_FLOPS / 1e12}
     results = {}
     report.setdefault("runs", []).append({**run, "paths": []})
+    limits = {k: float(v) for k, v in (kv.split("=") for kv in args.timeouts.split(",") if kv)}
+    begun = time.time()
     with open(log_path, "a") as log:
         for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
             print(f"== {path}", flush=True)
-            results[path] = {**run_path(path, args.tiny, log, args.timeout), "run": run["started"]}
+            limit = limits.get(path, args.timeout)
+            if args.budget is not None:
+                limit = min(limit, args.budget - (time.time() - begun))
+            if limit < 20:
+                results[path] = {"error": "not run: the run's time budget was spent", "run": run["started"]}
+                report[path] = results[path]
+                continue
+            results[path] = {**run_path(path, args.tiny, log, limit), "run": run["started"]}
             print(table({path: results[path]}).splitlines()[-1], flush=True)
             report["runs"][-1]["paths"].append(path)
             report[path] = results[path]
             out.write_text(json.dumps(report, indent=2) + "\n")  # after each path: a cut-off run keeps its results
     print("\n" + table({k: v for k, v in report.items() if isinstance(v, dict) and ("tokens_per_s" in v or "error" in v)}))
+    ours, anchor = report.get("byzer_magic", {}), report.get("torch_compile", {})
+    if ours.get("tokens_per_s") and anchor.get("tokens_per_s") and ours.get("run") == anchor.get("run"):
+        print(f"\nbyzer_magic / torch_compile at the same batch, same run: "
+              f"{ours['tokens_per_s'] / anchor['tokens_per_s']:.3f}x")
     print(f"\nwritten: {out} (log {log_path})")
     return 0 if all("error" not in r for r in results.values()) else 1
 

@@ -52,9 +52,10 @@ def timed(fwd, bwd, opt, s: dict, device: str) -> dict:
     gpu = device == "cuda"
     sync = torch.cuda.synchronize if gpu else (lambda: None)
 
-    def step(i, phases=None):
-        for k in range(s["gas"]):
-            ids = batches[(i * s["gas"] + k) % len(batches)]
+    def step(i, phases=None, gas=None):
+        gas = gas or s["gas"]
+        for k in range(gas):
+            ids = batches[(i * gas + k) % len(batches)]
             marks = [time.perf_counter()]
             loss = fwd(ids)
             if phases is not None:
@@ -64,7 +65,7 @@ def timed(fwd, bwd, opt, s: dict, device: str) -> dict:
             if phases is not None:
                 sync()
                 marks.append(time.perf_counter())
-            if opt.per_micro_step or k == s["gas"] - 1:
+            if opt.per_micro_step or k == gas - 1:
                 opt()
             if phases is not None:
                 sync()
@@ -83,8 +84,12 @@ def timed(fwd, bwd, opt, s: dict, device: str) -> dict:
     sync()
     seconds = time.perf_counter() - start
     phases = {}
-    for i in range(3):
-        step(i, phases)
+    if s["gas"] > 3:  # one window of 3 micro-steps (the optimizer's step on the last) keeps this short
+        step(0, phases, gas=3)
+        phases["step"] = phases["step"][-1:]
+    else:
+        for i in range(3):
+            step(i, phases)
     tokens = s["steps"] * s["gas"] * s["micro"] * s["seq"]
     out = {"tokens_per_s": tokens / seconds, "measured_steps": s["steps"], "seconds": seconds,
            "phase_ms_per_micro_step": {k: round(statistics.median(v), 2) for k, v in phases.items()}}
@@ -103,6 +108,12 @@ class Step:
         self.fn()
 
 
+def job_chooses_batch() -> bool:
+    """Whether the job picks micro-batch and accumulation itself when none are set (batch_defaults)."""
+    root = ROOT / "byzer_magic" / "runtime"
+    return any("choose_batch" in f.read_text() for f in root.rglob("*.py") if f.name != "batch_defaults.py")
+
+
 def ds_config(s: dict, *, ours: bool) -> dict:
     """The seed's DeepSpeed config (DEFAULT_CONFIG: ZeRO-2, bf16, AdamW, cosine lr, clipping 1.0) with
     ``micro``/``gas``. AdamW is torch's fused one in every path here (DeepSpeed's FusedAdam would be a
@@ -118,6 +129,16 @@ def ds_config(s: dict, *, ours: bool) -> dict:
         user.update(s.get("ds_extra") or {})
     cfg, _ = resolve_ds_config(user, on_gpu=s["gpu"], total_steps=s["warmup"] + s["steps"] + 2)
     return cfg
+
+
+def job_ds_config(s: dict) -> dict:
+    """The deepspeedConfig a notebook user would write for this path: our GPU settings and ``ds_extra``;
+    no micro-batch or accumulation when the path measures our defaults and the job chooses them."""
+    user = {"train_micro_batch_size_per_gpu": s["micro"], "gradient_accumulation_steps": s["gas"],
+            **(s.get("ds_extra") or {})}
+    if s.get("defaults") and job_chooses_batch():
+        del user["train_micro_batch_size_per_gpu"], user["gradient_accumulation_steps"]
+    return user
 
 
 # -- bare PyTorch ----------------------------------------------------------------------------------------
@@ -248,10 +269,11 @@ def byzer_magic(s: dict) -> dict:
     cluster.connect()
     config = ParallelConfig(
         num_workers=1, use_gpu=s["gpu"], model_type="sfft/llama2", model_config=s["model"], name=name,
-        local_path_prefix=str(work / "jobs"), ds_config=ds_config(s, ours=True),
+        local_path_prefix=str(work / "jobs"), ds_config=job_ds_config(s),
         gradient_checkpointing=bool(s.get("gradient_checkpointing")),
         train_args=TrainArgs(tokenizer_path=str(tok_dir), data_dir=str(data_dir), steps_per_epoch=total + 2,
                              max_length=s["seq"], log_every=1, checkpoint_every=10**6))
+    submitted = time.time()
     handle = DeepSpeedTrain(config).submit()
     try:
         while True:
@@ -260,9 +282,10 @@ def byzer_magic(s: dict) -> dict:
             if len(metrics) >= total or status not in ("PENDING", "RUNNING"):
                 break
             time.sleep(2)
-        first_step_at = None
+        first_step_at = submit_to_first = None
         if len(metrics):
             first_step_at = float(metrics.iloc[0]["time"]) - started
+            submit_to_first = float(metrics.iloc[0]["time"]) - submitted
         if len(metrics) < total:
             raise RuntimeError(f"job {status} after {len(metrics)} of {total} steps:\n{handle.logs(tail=60)}")
     finally:
@@ -272,7 +295,10 @@ def byzer_magic(s: dict) -> dict:
     losses = [round(float(x), 4) for x in metrics["loss"].iloc[:total]]
     return {"tokens_per_s": statistics.median(rates), "measured_steps": len(rates),
             "tokens_per_s_min": min(rates), "tokens_per_s_max": max(rates),
-            "seconds_to_first_step": first_step_at, "losses": losses}
+            "seconds_to_first_step": first_step_at, "seconds_submit_to_first_step": submit_to_first,
+            "head_start_s": round(submitted - started, 1), "job_chose_batch": bool(s.get("defaults")) and
+            job_chooses_batch(), "tokens_per_step": float(metrics["tokens"].iloc[0]) if "tokens" in metrics else None,
+            "losses": losses}
 
 
 PATHS = {

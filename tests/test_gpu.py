@@ -73,7 +73,7 @@ def _learnable_batches():
     return [pool[(i * MICRO) % 32:(i * MICRO) % 32 + MICRO] for i in range(STEPS)]
 
 
-def _loss_curve(fast: bool) -> list[float]:
+def _loss_curve(fast: bool, optimizer: str = "AdamW", states: list | None = None) -> list[float]:
     import deepspeed
 
     from byzer_magic.runtime.worker import speed
@@ -82,10 +82,11 @@ def _loss_curve(fast: bool) -> list[float]:
 
     torch.manual_seed(0)
     model = registry.build_model("sfft/llama2", SMALL_LLAMA)
+    params = {"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1}
+    if optimizer == "AdamW":
+        params.update(torch_adam=True, fused=True)
     cfg, _ = resolve_ds_config({"train_micro_batch_size_per_gpu": MICRO,
-                                "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "betas": [0.9, 0.95],
-                                                                          "weight_decay": 0.1, "torch_adam": True,
-                                                                          "fused": True}},
+                                "optimizer": {"type": optimizer, "params": params},
                                 "timers": {"throughput": {"enabled": False}}},
                                on_gpu=True, total_steps=STEPS)
     model = speed.prepare_model(model, use_gpu=fast, zero_stage=2)
@@ -98,6 +99,8 @@ def _loss_curve(fast: bool) -> list[float]:
         engine.step()
         losses.append(loss.detach())
     curve = [x.item() for x in losses]
+    if states is not None:
+        states += [type(v).__name__ for st in engine.optimizer.optimizer.state.values() for v in st.values()]
     engine.destroy()
     del engine, model
     torch.cuda.empty_cache()
@@ -123,3 +126,22 @@ def test_fast_path_loss_curve_matches_plain_path(process_group):
     # plain path's own run-to-run gap (x3) or 2% of the loss, whichever is larger, at every step.
     for step, (a, b) in enumerate(zip(plain, fast)):
         assert abs(a - b) <= max(3 * noise, 0.02 * a), f"step {step}: plain {a:.4f} vs fast {b:.4f}"
+
+
+def test_adamw8bit_loss_curve_follows_adamw(process_group):
+    """torchao's 8-bit AdamW (worker/optim.py) through DeepSpeed ZeRO-2's config: its curve stays within
+    5% of fp32 AdamW's at every step, and the moments really are 8-bit."""
+    pytest.importorskip("torchao")
+    fp32 = _loss_curve(fast=True)
+    states: list = []
+    adam8 = _loss_curve(fast=True, optimizer="AdamW8bit", states=states)
+    gaps = [abs(a - b) / a for a, b in zip(fp32, adam8)]
+    print(json.dumps({"adamw8bit_vs_adamw_max_rel_gap": max(gaps), "mean_rel_gap": sum(gaps) / len(gaps),
+                      "final": [fp32[-1], adam8[-1]], "states": sorted(set(states))}))
+    if os.environ.get("BYZER_MAGIC_GPU_TEST_OUT"):
+        out = os.environ["BYZER_MAGIC_GPU_TEST_OUT"].replace(".json", "_adamw8bit.json")
+        with open(out, "w") as f:
+            json.dump({"adamw": fp32, "adamw8bit": adam8, "max_rel_gap": max(gaps)}, f, indent=1)
+    assert "OptimState8bit" in states
+    assert fp32[-1] < fp32[0] - 2.0 and adam8[-1] < adam8[0] - 2.0
+    assert max(gaps) < 0.05, f"step {gaps.index(max(gaps))}: AdamW {fp32[gaps.index(max(gaps))]:.4f} vs 8-bit"
