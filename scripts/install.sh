@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install byzer-magic and what its tests need into .venv (idempotent; fast when already done).
+# Install byzer-magic, JupyterLab (its [lab] extra) and what its tests need into .venv (idempotent;
+# fast when already done): the test extra includes the lab extra.
 # On a machine without a GPU, torch is pinned to the CPU build (constraints-cpu.txt) so that pip does
 # not fetch a multi-GB CUDA build; on a GPU machine set BYZER_TORCH_CONSTRAINTS="" to keep yours.
 set -euo pipefail

@@ -230,8 +230,10 @@ class JobMonitor(StaticFallback, widgets.VBox):
 def _paths_html(handle: JobHandle) -> str:
     rows = [("job folder", handle.job_dir), ("checkpoints", handle.checkpoint_dir), ("model", handle.model_dir),
             ("TensorBoard logs", handle.tensorboard_dir), ("metrics", handle.files.metrics_file)]
-    cells = "".join(f"<tr><td style='padding-right:8px;color:#555'>{name}</td>"
-                    f"<td><code>{html.escape(str(path))}</code></td></tr>" for name, path in rows)
+    # Aligned here: a viewer's own table style (nbconvert's right-aligns cells) must not move the paths.
+    cells = "".join(f"<tr><td style='padding-right:8px;color:#555;text-align:left'>{name}</td>"
+                    f"<td style='text-align:left'><code>{html.escape(str(path))}</code></td></tr>"
+                    for name, path in rows)
     return f"<table class='byzer-job-paths' style='font-size:12px'>{cells}</table>"
 
 

@@ -51,18 +51,20 @@ def with_parameters(notebook, parameters: dict) -> nbformat.NotebookNode:
 def execute_notebook(path: str | os.PathLike, *, env: dict[str, str] | None = None,
                      parameters: dict | None = None, cwd: str | os.PathLike | None = None,
                      timeout: float = 600, save_to: str | os.PathLike | None = None,
-                     kernel_name: str = "python3") -> nbformat.NotebookNode:
+                     kernel_name: str = "python3", store_widget_state: bool = True) -> nbformat.NotebookNode:
     """Run every cell of the notebook at ``path`` in a new kernel and return the executed notebook.
 
     ``env`` is added to the kernel's environment; ``parameters`` are injected (see ``with_parameters``);
     ``timeout`` is per cell; the executed copy is written to ``save_to`` also when a cell fails. A
-    failing cell raises ``CellError`` naming the cell and the last outputs."""
+    failing cell raises ``CellError`` naming the cell and the last outputs. ``store_widget_state=False``
+    saves it as JupyterLab does by default: without the widgets' state in its metadata, so that a viewer
+    without a kernel (nbconvert's HTML) shows each widget's static picture."""
     from nbclient import NotebookClient  # noqa: PLC0415
     from nbclient.exceptions import CellExecutionError  # noqa: PLC0415
 
     notebook = with_parameters(nbformat.read(path, as_version=4), parameters or {})
     cwd = Path(cwd or Path(path).parent).resolve()
-    client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name,
+    client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name, store_widget_state=store_widget_state,
                             resources={"metadata": {"path": str(cwd)}})
     try:
         client.execute(env={**os.environ, **(env or {})}, cwd=str(cwd))
