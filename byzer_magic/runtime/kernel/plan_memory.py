@@ -195,8 +195,9 @@ def buffer_bytes(ds_config: dict, zero: ZeroSetup, params: int, world: int = 1) 
 # -- what a GPU holds, as nvidia-smi reads it (measured on an H200, docs/PLAN.md section 6) ----------
 ADAM_STATE_BYTES = 8.0              # fp32 Adam moments m and v, a parameter
 ADAM8_STATE_BYTES = 2 + 8 / 256     # torchao's 8-bit m and v, plus an fp32 scale per block of 256
-STEP_BYTES = 4.25                   # at the optimizer step: the fp32 gradient of the partition (+ norms)
-ADAM8_STEP_BYTES = 5.5              # torchao's compiled 8-bit step: its fp32 intermediates (7B, measured)
+STEP_BYTES = 6.0                    # at the optimizer step: the flattened bf16 gradient partition and its
+                                    # fp32 copy (issue 13's 7B OOM: 114.8 GiB in use, 25.1 GiB more asked)
+ADAM8_STEP_BYTES = 3.75             # torchao's compiled 8-bit step: its fp32 intermediates (7B, measured)
 CONTEXT_BYTES = int(1.5 * GiB)      # CUDA context, cuBLAS/cuDNN workspaces, NCCL: nvidia-smi over torch's
                                     # reserved memory was 1.3-1.9 GiB
 ALLOCATOR_SLACK = 0.01              # expandable segments (build_training_model sets them): reserved was
@@ -214,8 +215,9 @@ def resident_bytes(shape: ModelShape, zero: ZeroSetup, world: int = 1) -> int:
 
 
 def step_bytes(shape: ModelShape, zero: ZeroSetup, ds_config: dict, world: int = 1) -> int:
-    """Extra GPU memory at the optimizer step, when the activations are gone: the partition's fp32
-    gradient (ZeRO-3: one ``sub_group_size`` at a time) and, with 8-bit Adam, torchao's intermediates."""
+    """Extra GPU memory at the optimizer step, when the activations are gone: the partition's gradient
+    flattened and copied to fp32 (ZeRO-3: one ``sub_group_size`` at a time) and, with 8-bit Adam,
+    torchao's intermediates."""
     n = shape.params / (world if zero.stage >= 1 else 1)
     if zero.stage == 3:
         sub = (ds_config.get("zero_optimization") or {}).get("sub_group_size", 1e9)
