@@ -45,3 +45,16 @@ def test_issue_13s_7b_oom_is_said_not_to_fit():
     # ZeRO-2 with fp32 Adam, micro-batch 2, checkpointing: OOM at the step's fp32 gradient copy on an H200.
     option = _option(LLAMA_7B, 4096, 2, {}, checkpointing=True)
     assert not option.fits and option.step_bytes > option.activation_bytes
+
+
+def test_largest_fitting_micro_feeds_choose_batch():
+    from byzer_magic.runtime.batch_defaults import choose_batch
+    from byzer_magic.runtime.kernel.plan_advice import largest_fitting_micro
+
+    with torch.device("meta"):
+        shape = model_shape(LlamaForCausalLM(LlamaConfig(**LLAMA_7B)))
+    ds, _ = resolve_ds_config(ADAM8, on_gpu=True, total_steps=100)
+    most = largest_fitting_micro(shape, ZeroSetup.from_ds_config(ds), Layout.of([H200], 1), ds, seq=4096,
+                                 checkpointing=False)
+    assert most == 4  # 4 x 4096 fits beside 8-bit AdamW (133.8 GiB of 134.8 usable), 8 does not
+    assert choose_batch(max_length=4096, workers=1, max_micro=most)[:2] == (4, 32)

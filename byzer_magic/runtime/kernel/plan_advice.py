@@ -189,6 +189,22 @@ def make_option(label: str, shape: ModelShape, zero: ZeroSetup, layout: Layout, 
     return Option(label, zero, micro, checkpointing, states, acts, buffers, int(host), fits, tps, step_bytes=step)
 
 
+def largest_fitting_micro(shape: ModelShape, zero: ZeroSetup, layout: Layout, ds_config: dict, *, seq: int,
+                          checkpointing: bool, limit: int = 4096) -> int | None:
+    """The largest power-of-two micro-batch whose memory fits one GPU of ``layout`` (None: none fits, or
+    the card's memory is unknown); batch_defaults.choose_batch's ``max_micro``."""
+    if not layout.card_bytes:
+        return None
+    best, micro = None, 1
+    while micro <= limit:
+        option = make_option("probe", shape, zero, layout, ds_config, micro=micro, seq=seq, grad_accum=1,
+                             checkpointing=checkpointing, on_gpu=True)
+        if not option.fits:
+            break
+        best, micro = micro, micro * 2
+    return best
+
+
 def candidates(shape: ModelShape, layout: Layout, ds_config: dict, *, seq: int, grad_accum: int,
                max_micro: int | None) -> list[Option]:
     """Every ZeRO stage x offload x micro-batch x checkpointing combination, ranked by nothing yet."""
