@@ -60,5 +60,5 @@ def test_extension_works_in_an_ipython_without_jupyter_server(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "%byzerllm export" in done.stdout and "job demo: SUCCEEDED · 3 / 3" in done.stdout
+    assert "%byzerllm export" in done.stdout and "JobMonitor(demo: SUCCEEDED · 3 / 3" in done.stdout
     assert "http://127.0.0.1:6006/" in done.stdout and "server-side modules: []" in done.stdout

@@ -158,7 +158,7 @@ def test_monitor_output_carries_a_static_picture_kept_current(job, monkeypatch):
     first, display_id = outputs[0]["data"], outputs[0]["transient"]["display_id"]
     assert first["application/vnd.jupyter.widget-view+json"]["model_id"] == monitor.model_id
     assert "data-status='RUNNING'" in first["text/html"] and 'data-points="5"' in first["text/html"]
-    assert "width:25.0%" in first["text/html"] and first["text/plain"].startswith("job demo: RUNNING · 5 / 20")
+    assert "width:25.0%" in first["text/html"] and first["text/plain"].startswith("JobMonitor(demo: RUNNING · 5 / 20")
 
     log_steps(job.job_dir, 6, 12)
     monitor.refresh_now()  # the curve grew, the status did not change: the live view is left alone
@@ -276,8 +276,8 @@ def test_form_round_trips_through_the_parser(values):
     assert ("offload_optimizer" in zero) == (values["offload_optimizer"] and values["zero_stage"] >= 1)
     assert ("offload_param" in zero) == (values["offload_param"] and values["zero_stage"] == 3)
     assert ds["optimizer"]["params"]["lr"] == values["lr"] and ds["optimizer"]["type"] == "AdamW"
-    assert ds["train_micro_batch_size_per_gpu"] == values["micro_batch"]
-    assert ds["gradient_accumulation_steps"] == values["gradient_accumulation"]
+    assert ds.get("train_micro_batch_size_per_gpu", 1) == values["micro_batch"]
+    assert ds.get("gradient_accumulation_steps", 1) == values["gradient_accumulation"]
     precision = {"auto": ("auto", None), "bf16": (True, None), "fp16": (False, True), "fp32": (False, None)}
     assert (ds["bf16"]["enabled"], ds.get("fp16", {}).get("enabled")) == precision[values["precision"]]
 
@@ -301,7 +301,7 @@ def test_default_form_writes_only_what_is_required_and_launches():
     form.fields["zero_stage"].value, form.fields["precision"].value = 3, "fp32"
     form.fields["sfft.bool.setup_nccl_socket_ifname_by_ip"].value = True
     run = parse_cell(form.to_cell_text())[-1]
-    llm = parse_llm_options(run.options, setup={"num_gpus": "1"}, tables={"finalTrainData": None})
+    llm = parse_llm_options(run.options, setup={"num_gpus": 1}, tables={"finalTrainData": object()})
     assert llm.config.train_args.max_length == 128 and llm.config.setup_nccl_socket_ifname_by_ip
     assert llm.config.ds_config == {"zero_optimization": {"stage": 3}, "bf16": {"enabled": False}}
     assert ConfigForm([]).launch_button.disabled

@@ -180,10 +180,10 @@ class JobMonitor(StaticFallback, widgets.VBox):
                 f"live in a notebook: <code>%byzerllm attach {html.escape(self.handle.name)}</code></div></div>")
 
     def static_text(self) -> str:
-        parts = [f"job {self.handle.name}: {self.status_label.value or '?'}", self.progress_text.value]
+        parts = [f"{self.handle.name}: {self.status_label.value or '?'}", self.progress_text.value]
         if self.plot_data:
             parts.append(self.speed.value)
-        return " · ".join(p for p in parts if p)
+        return f"JobMonitor({' · '.join(p for p in parts if p)})"
 
     # -- buttons ----------------------------------------------------------------------------------------
 
