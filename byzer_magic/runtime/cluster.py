@@ -4,6 +4,9 @@ default, a local Ray head that byzer-magic starts itself as a daemon and reuses 
 The embedded head binds its dashboard (and so the Jobs API) to 127.0.0.1 and turns on Ray's token
 authentication with a token private to the user; every client we start gets ``RAY_AUTH_MODE=token``
 and the token's path. Because the head is its own process session, detached jobs outlive the kernel.
+Every process of the head carries its id in its environment, so ``stop_local_head`` ends them all. A
+head that looks dead but whose GCS lives is reported, never replaced; a kernel whose head another
+kernel replaced reconnects and says so. External clusters: runtime/remote.py.
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from byzer_magic.errors import ByzerError
-from byzer_magic.runtime.home import state_dir
+from byzer_magic.runtime import processes
+from byzer_magic.runtime.home import private_dir, state_dir
 
 HEAD_FILE = "ray_head.json"
+HEAD_ID_VAR = processes.HEAD_ID_VAR
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,43 @@ def _init_once(address: str) -> None:
     """Connect this process to the cluster at ``address`` unless it already is."""
     import ray  # noqa: PLC0415
 
+    global _attached
     if not ray.is_initialized():
         _dial(address)
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        _attached = address
+        _watch_gcs(address)
+
+
+def _watch_gcs(address: str, every: float = 3) -> None:
+    """A Ray driver whose GCS is gone retries hard, and after a minute Ray ends its whole process:
+    here that is the user's kernel. While this process is connected, a thread checks the GCS port;
+    once it refuses twice in a row, it disconnects, so the next connect() says what happened and
+    reconnects (a frozen GCS still accepts connections: it is not taken for a dead one)."""
+    host, _, port = address.rpartition(":")
+
+    def watch() -> None:
+        import ray  # noqa: PLC0415
+
+        misses = 0
+        while misses < 2:
+            time.sleep(every)
+            if not ray.is_initialized() or _attached != address:
+                return
+            try:
+                socket.create_connection((host, int(port)), timeout=3).close()
+                misses = 0
+            except OSError:
+                misses += 1
+        with _CONNECTING:
+            if ray.is_initialized() and _attached == address:
+                ray.shutdown()
+
+    threading.Thread(target=watch, name="byzer-magic-gcs-watch", daemon=True).start()
+
+
+_attached: str | None = None  # the embedded head this process connected to (kept when the watch disconnects)
+_remote: ClusterInfo | None = None  # the external cluster this process is connected to
 
 
 def _alive(dashboard_url: str, timeout: float = 3) -> bool:
@@ -132,8 +171,7 @@ def _head_env() -> dict[str, str]:
 
 def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> ClusterInfo:
     """Start a Ray head bound to 127.0.0.1 as a daemon (own process session) and record it."""
-    temp_dir = _temp_dir()
-    temp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temp_dir = private_dir(_temp_dir())  # in /tmp it must not be a folder another user planted
     ray_bin = Path(sys.executable).with_name("ray")
     gcs_port = _free_port()
     cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", f"--port={gcs_port}",
@@ -146,23 +184,27 @@ def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> Clust
                  "runtime-env-agent-port", "ray-client-server-port"):
         cmd.append(f"--{flag}={_free_port()}")
     env = _head_env()
+    head_id = secrets.token_hex(8)
+    env[HEAD_ID_VAR] = head_id  # inherited by every process of the head: how stop_local_head finds them
     # Code running on the head (Ray Train's placement-group cleaner, for one) finds "its" cluster by
     # RAY_ADDRESS, else by looking for GCS processes on the machine, and gives up when there are several.
     env["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
     log = state_dir() / "ray_head.log"
     for attempt in range(3):
         with open(log, "wb") as out:
+            # Its own session (so detached jobs outlive the kernel): its daemons keep that session id.
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True, timeout=timeout)
-            except subprocess.TimeoutExpired:  # `ray start` was killed; the services it started were not
-                proc = subprocess.CompletedProcess(cmd, returncode=-9)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:  # `ray start` is killed; the services it started are not
+                proc.kill()
+                proc.wait()
                 out.write(f"\n`ray start` timed out after {timeout:g} s\n".encode())
         # Ray gives its raylet and dashboard fixed windows (~30 s) to come up: a machine busy with other
         # work can miss them. Clear what the failed start left and try again.
         if proc.returncode == 0:
             break
-        _kill_processes_under(str(temp_dir))
+        processes.kill_head({"temp_dir": str(temp_dir), "head_id": head_id, "sid": proc.pid})
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise ByzerError("could not start the embedded Ray head: " + " | ".join(tail) + f" (full log: {log})")
@@ -174,7 +216,8 @@ def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> Clust
             raise ByzerError(f"the embedded Ray head started but its dashboard {dashboard_url} never answered")
         time.sleep(0.5)
     info = ClusterInfo(address=address, dashboard_url=dashboard_url, embedded=True, started=True)
-    (state_dir() / HEAD_FILE).write_text(json.dumps(asdict(info) | {"temp_dir": str(temp_dir)}))
+    (state_dir() / HEAD_FILE).write_text(json.dumps(
+        asdict(info) | {"temp_dir": str(temp_dir), "head_id": head_id, "sid": proc.pid}))
     return info
 
 
@@ -188,72 +231,119 @@ def _dashboard_url(address: str) -> str:
     return url if url.startswith("http") else f"http://{url}"
 
 
-def recorded_head() -> ClusterInfo | None:
-    """The embedded head recorded in the state folder, if it is still alive."""
-    path = state_dir() / HEAD_FILE
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    temp_dir = data.pop("temp_dir", None)
-    info = ClusterInfo(**{**data, "started": False})
-    if _alive(info.dashboard_url):
-        return info
-    # A dashboard slow to answer on a busy machine is not a dead head: while the head's GCS process
-    # lives, ask again with more patience rather than start a second head beside it.
-    for timeout in (10, 20, 30):
-        if not (temp_dir and _processes_under(temp_dir, "gcs_server")):
-            return None
-        if _alive(info.dashboard_url, timeout=timeout):
-            return info
-    return None
-
-
-def head_was_lost() -> bool:
-    """True when a head was recorded but no longer answers (it died or the machine restarted)."""
-    return (state_dir() / HEAD_FILE).exists() and recorded_head() is None
-
-
-def _recorded_address() -> str | None:
-    path = state_dir() / HEAD_FILE
+def _read_record() -> dict | None:
     try:
-        return json.loads(path.read_text()).get("address")
+        return json.loads((state_dir() / HEAD_FILE).read_text())
     except (OSError, ValueError):
         return None
 
 
+UNRESPONSIVE_PATIENCE = 60.0  # seconds a head whose GCS lives is asked before connect() gives up on it
+
+
+def recorded_head(patience: float | None = None) -> ClusterInfo | None:
+    """The embedded head recorded in the state folder if it is alive, None if it is gone. A head whose
+    GCS lives while its dashboard does not answer (overloaded, or the dashboard crashed) is neither:
+    after ``patience`` seconds of asking, a ByzerError says what is wrong. Never None for it: a second
+    head beside it would let two trainings write one job folder."""
+    record = _read_record()
+    if record is None:
+        return None
+    info = ClusterInfo(address=record["address"], dashboard_url=record["dashboard_url"], embedded=True)
+    if _alive(info.dashboard_url):
+        return info
+    patience = UNRESPONSIVE_PATIENCE if patience is None else patience
+    deadline, timeout = time.time() + patience, 5.0
+    while gcs := head_processes(record, "gcs_server"):
+        if _alive(info.dashboard_url, timeout=max(1.0, min(timeout, deadline - time.time()))):
+            return info
+        if time.time() >= deadline:
+            raise ByzerError(_unresponsive(info, record, gcs[0].pid, patience))
+        timeout *= 2
+    return None
+
+
+def _unresponsive(info: ClusterInfo, record: dict, gcs_pid: int, patience: float) -> str:
+    dashboard = head_processes(record, "dashboard.py")
+    what = (f"its dashboard process (pid {dashboard[0].pid}) lives but has not answered for {patience:g} s "
+            f"(overloaded, or frozen)" if dashboard else
+            f"its dashboard process has exited (crashed: see {record.get('temp_dir')}/session_latest/logs/dashboard.log)")
+    return (f"the embedded Ray head at {info.address} still runs (its GCS, pid {gcs_pid}, is alive), but "
+            f"{what}; without it jobs can be neither submitted nor watched. byzer-magic does not start a second "
+            f"head beside it: its jobs may still be training. Run the cell again later, or stop that head with "
+            f"byzer_magic.runtime.cluster.stop_local_head() (jobs running on it become LOST; each resumes "
+            f"from its last checkpoint with %byzerllm resume NAME).")
+
+
+def head_was_lost() -> bool:
+    """True when a head was recorded but no longer answers (it died or the machine restarted)."""
+    try:
+        return _read_record() is not None and recorded_head() is None
+    except ByzerError:  # alive, only unresponsive
+        return False
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> ClusterInfo:
-    """Connect this process to Ray, starting the embedded head when no address is configured."""
+    """Connect this process to Ray: the cluster at ``address`` (or ``RAY_ADDRESS``, or the one this
+    process connected to last; see runtime/remote.py for the forms), else the embedded head, started
+    when none lives."""
     import ray  # noqa: PLC0415
 
+    global _attached
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        if not ray.is_initialized():
-            ctx = ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-            url = ctx.dashboard_url or ""
-        else:
-            url = ray.get_runtime_context().gcs_address
-        return ClusterInfo(address=address, dashboard_url=url if url.startswith("http") else f"http://{url}",
-                           embedded=False)
-    use_auth_env()
     with _CONNECTING:  # threads of one process (a monitor's poll and a cell) connect one at a time
+        if address or _remote is not None:
+            return _connect_remote(address)
+        use_auth_env()
         info = recorded_head()
         if info is None:
             with _head_lock():  # processes too: two kernels finding no head start one between them
                 info = recorded_head()
                 if info is None:
-                    lost = _recorded_address()  # a head was recorded but no longer answers
+                    # recorded but no longer answering, or (its record removed) the one this process used
+                    lost = (_read_record() or {}).get("address") or _attached
                     if ray.is_initialized():
                         ray.shutdown()
+                    _attached = None
                     info = start_local_head(num_cpus=num_cpus)
                     if lost:
                         print(f"the embedded Ray head at {lost} had stopped; started a new one at "
                               f"{info.address}. Jobs that were running on it are LOST; each continues from "
                               f"its last checkpoint with %byzerllm resume NAME.", flush=True)
+        if _attached and _attached != info.address:
+            print(f"the embedded Ray head at {_attached} was replaced by another kernel's, at {info.address}; "
+                  f"reconnected to it. Jobs that were running on {_attached} are LOST; each continues from its "
+                  f"last checkpoint with %byzerllm resume NAME.", flush=True)
+            if ray.is_initialized():
+                ray.shutdown()
         _init_once(info.address)
     return info
 
 
+def _connect_remote(address: str | None) -> ClusterInfo:
+    global _remote, _remote_requested, _attached
+    import ray  # noqa: PLC0415
+
+    if ray.is_initialized():
+        if _remote is not None and address in (None, _remote_requested):
+            return _remote
+        if _remote is None and _attached is None:  # connected by its own code (a job's driver): keep it
+            from ray._private.services import get_webui_url_from_internal_kv  # noqa: PLC0415
+
+            url = get_webui_url_from_internal_kv() or ""
+            return ClusterInfo(address=address or ray.get_runtime_context().gcs_address, embedded=False,
+                               dashboard_url=url if url.startswith("http") else f"http://{url}")
+        ray.shutdown()
+    from byzer_magic.runtime import remote  # noqa: PLC0415
+
+    address = address or _remote_requested
+    target, url = remote.connect(address, _dial)
+    _remote, _remote_requested, _attached = ClusterInfo(address=target, dashboard_url=url, embedded=False), address, None
+    return _remote
+
+
 _CONNECTING = threading.RLock()
+_remote_requested: str | None = None
 
 
 @contextlib.contextmanager
@@ -269,50 +359,21 @@ def _head_lock():
 
 
 def stop_local_head() -> None:
-    """Stop the embedded head (tests, and `%byzerllm` users who want their memory back)."""
+    """Stop the embedded head and end every process it started: its services, the dashboard and
+    runtime-env agents, its workers and the jobs' drivers (tests, and users who want their memory back)."""
     import ray  # noqa: PLC0415
 
-    if ray.is_initialized():
-        ray.shutdown()
-    path = state_dir() / HEAD_FILE
-    if not path.exists():
-        return
-    temp_dir = json.loads(path.read_text()).get("temp_dir")
-    path.unlink(missing_ok=True)
-    if temp_dir:
-        _kill_processes_under(temp_dir)
+    global _attached
+    if _remote is None:
+        if ray.is_initialized():
+            ray.shutdown()
+        _attached = None
+    record = _read_record()
+    (state_dir() / HEAD_FILE).unlink(missing_ok=True)
+    if record:
+        processes.kill_head(record)
 
 
-def _processes_under(temp_dir: str, program: str = "") -> list:
-    """The live processes of the head whose session lives in ``temp_dir`` (only ``program``'s, if given)."""
-    import psutil  # noqa: PLC0415
-
-    found = []
-    for proc in psutil.process_iter(["cmdline", "name"]):
-        try:
-            cmdline = proc.info["cmdline"] or []
-            if any(temp_dir in part for part in cmdline) and (
-                    not program or program in (proc.info["name"] or "") or any(program in c for c in cmdline[:1])):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
-def _kill_processes_under(temp_dir: str, grace: float = 10) -> None:
-    """End the processes of the head whose session lives in ``temp_dir`` (``ray stop`` would end
-    every Ray on the machine, other users' and other heads' too)."""
-    import psutil  # noqa: PLC0415
-
-    ours = _processes_under(temp_dir)
-    for proc in ours:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(ours, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+def head_processes(record: dict | None = None, program: str = "") -> list:
+    """The live processes of the embedded head (default: the recorded one): runtime/processes.py."""
+    return processes.head_processes(record if record is not None else (_read_record() or {}), program)
