@@ -201,7 +201,13 @@ class JobHandle:
             return ray_status
         result = self._result_json()
         if result.get("status"):
-            return JobStatus.STOPPED if ray_status == JobStatus.STOPPED else JobStatus(result["status"])
+            if ray_status == JobStatus.STOPPED:
+                return JobStatus.STOPPED
+            try:
+                return JobStatus(result["status"])
+            except ValueError:
+                raise ByzerError(f"{self.files.root / 'result.json'} has an unknown status "
+                                 f"{result['status']!r}") from None
         if ray_status is not None:  # ended without a result (its driver was killed)
             return ray_status
         if active_owner(self.job_dir) == self.submission_id:  # Ray here does not know it; its driver lives
