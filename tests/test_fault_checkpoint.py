@@ -288,3 +288,71 @@ def test_disk_full_at_the_first_save_on_a_real_small_filesystem(small_disk):
                                                    r"no earlier checkpoint$"):
         checkpoint.save(engine, ckpt, 1, {"step": 1}, keep=3)
     assert os.listdir(ckpt) == [] and checkpoint.latest_tag(ckpt) is None
+
+
+# -- two ranks: each verifies its share, all agree, one rank's failed write fails every rank -----------------
+class RankEngine(FilesEngine):
+    """Rank 0 writes the model states, every rank its optimizer shard (as ZeRO does)."""
+
+    def __init__(self, fail_rank: int | None = None):
+        super().__init__()
+        self.fail_rank = fail_rank
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        rank = dist.get_rank()
+        folder = Path(save_dir) / tag
+        if rank == 0:
+            folder.mkdir(parents=True)
+            (folder / "mp_rank_00_model_states.pt").write_text(repr(client_state))
+        dist.barrier()
+        if rank == self.fail_rank:
+            import errno
+
+            raise OSError(errno.ENOSPC, "No space left on device")
+        (folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_text(f"rank {rank} " * 100)
+
+
+def _two_ranks(rank: int, store: str, ckpt: str, out: str) -> None:
+    import json
+
+    from byzer_magic.errors import CheckpointWriteError
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    ckpt_dir, said = Path(ckpt), []
+    record = {}
+    checkpoint.save(RankEngine(), ckpt_dir, 3, {"step": 3}, keep=3, good=True)
+    checkpoint.save(RankEngine(), ckpt_dir, 6, {"step": 6}, keep=3, good=True)
+    record["files"] = sorted(checkpoint.read_manifest(ckpt_dir / "global_step6")["files"])
+    dist.barrier()
+    if rank == 0:  # rank 1's shard of step 6 is damaged; only rank 1 reads it back
+        (ckpt_dir / "global_step6" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_text("x" * 700)  # same size: only the checksum shows it
+    dist.barrier()
+    record["loaded"] = checkpoint.load_latest(RankEngine(), ckpt_dir, say=said.append)
+    record["said"] = said
+    try:
+        checkpoint.save(RankEngine(fail_rank=1), ckpt_dir, 9, {"step": 9}, keep=3)
+    except CheckpointWriteError as err:
+        record["error"] = str(err)
+    dist.barrier()
+    record["left"] = sorted(os.listdir(ckpt_dir))
+    Path(out, f"rank{rank}.json").write_text(json.dumps(record))
+    dist.destroy_process_group()
+
+
+def test_two_ranks_verify_their_shares_and_fail_together(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    ckpt = tmp_path / "checkpoints"
+    mp.start_processes(_two_ranks, args=(str(tmp_path / "store2"), str(ckpt), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["files"] == ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                 "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert [r["loaded"] for r in ranks] == [{"step": 3}, {"step": 3}]  # both fell back, together
+    assert ranks[0]["said"] and "zero_pp_rank_1_mp_rank_00_optim_states.pt does not match its checksum" in \
+        ranks[0]["said"][0] and ranks[1]["said"] == []  # rank 0 says it, once
+    expected = f"disk full writing checkpoint global_step9 in {ckpt}; the previous checkpoint global_step6 is intact"
+    assert [r.get("error") for r in ranks] == [expected, expected]
+    assert ranks[0]["left"] == ["global_step3", "global_step6", "latest"]
