@@ -356,3 +356,12 @@ def test_two_ranks_verify_their_shares_and_fail_together(tmp_path):
     expected = f"disk full writing checkpoint global_step9 in {ckpt}; the previous checkpoint global_step6 is intact"
     assert [r.get("error") for r in ranks] == [expected, expected]
     assert ranks[0]["left"] == ["global_step3", "global_step6", "latest"]
+
+
+def test_the_loaded_tag_is_returned_with_its_state(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    save(ckpt, 3, keep=3)
+    save(ckpt, 6, keep=3)
+    shard(ckpt, 6).write_bytes(b"")
+    assert checkpoint.load_newest_intact(FilesEngine(), ckpt, say=lambda _: None) == ("global_step3", {"step": 3})
+    assert checkpoint.load_newest_intact(FilesEngine(), tmp_path / "none") == (None, None)

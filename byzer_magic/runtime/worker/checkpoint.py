@@ -312,6 +312,13 @@ def _prune(ckpt_dir: Path, *, keep: int, saved: int) -> None:
 # -- loading -----------------------------------------------------------------------------------------
 def load_latest(engine, ckpt_dir: Path, *, group=None, say: Callable[[str], None] = print) -> dict | None:
     """Load the newest intact checkpoint into ``engine`` (a collective); its client state, or None if
+    there is none. See ``load_newest_intact``."""
+    return load_newest_intact(engine, ckpt_dir, group=group, say=say)[1]
+
+
+def load_newest_intact(engine, ckpt_dir: Path, *, group=None,
+                       say: Callable[[str], None] = print) -> tuple[str | None, dict | None]:
+    """``(tag, client state)`` of the checkpoint loaded into ``engine`` (a collective), ``(None, None)`` if
     there is none. Every rank verifies the checksums of its share of the files; a damaged checkpoint is
     passed over, and rank 0 says which one was loaded instead."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -328,11 +335,11 @@ def load_latest(engine, ckpt_dir: Path, *, group=None, say: Callable[[str], None
                 say(f"checkpoint {passed[0][0]} in {ckpt_dir} is damaged ({passed[0][1]}): resuming from "
                     f"{tag}, the newest intact checkpoint")
             _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-            return client_state or {}
+            return tag, client_state or {}
         passed.append((tag, next(p for p in problems if p)))
     if passed and rank == 0:
         say(f"no intact checkpoint in {ckpt_dir} ({passed[0][0]}: {passed[0][1]}): starting from step 0")
-    return None
+    return None, None
 
 
 def export_hf(engine, model, out_dir: Path, tokenizer=None) -> Path | None:
