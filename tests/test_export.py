@@ -38,7 +38,7 @@ def gloo(tmp_path_factory):
 
 
 @pytest.mark.parametrize("stage", [0, 2])
-def test_each_checkpoint_exports_its_own_weights(gloo, tmp_path, stage):
+def test_each_checkpoint_exports_its_own_weights(gloo, tmp_path, stage, capfd):
     import deepspeed
     from transformers import AutoModelForCausalLM
 
@@ -65,9 +65,12 @@ def test_each_checkpoint_exports_its_own_weights(gloo, tmp_path, stage):
         weights[step] = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
 
     handle = JobHandle("export-demo", job_dir)
+    capfd.readouterr()
     with pytest.raises(ByzerError, match="no checkpoint of step 1; its checkpoints: 2, 3"):
         export_checkpoint(handle, step=1)  # kept: the last two
-    for step, out in ((2, export_checkpoint(handle, step=2)), (3, export_checkpoint(handle))):
+    exported = ((2, export_checkpoint(handle, step=2)), (3, export_checkpoint(handle)))
+    assert capfd.readouterr() == ("", "")  # DeepSpeed's and transformers' progress bars stay out of the cell
+    for step, out in exported:
         assert out == job_dir / "exports" / f"step-{step}"
         assert json.loads((out / "byzer_export.json").read_text())["step"] == step
         loaded = AutoModelForCausalLM.from_pretrained(out).state_dict()

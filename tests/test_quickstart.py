@@ -19,7 +19,7 @@ NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "quickstart.ipynb"
 STEPS, EVERY = 12, 5  # checkpoints at steps 5, 10 and 12 (the end)
 # What Ray and DeepSpeed say about themselves in a kernel; it belongs in Python logging, not in a cell.
 CHATTER = ("worker processes have been started", "(raylet)", "[WARNING]", "Setting accelerator",
-           "Setting ds_accelerator")
+           "Setting ds_accelerator", "Gathering sharded weights", "Loading checkpoint shards")
 
 
 @pytest.fixture(scope="module")

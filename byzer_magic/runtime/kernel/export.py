@@ -50,6 +50,25 @@ def export_checkpoint(handle: JobHandle, step: int | None = None, out_dir: str |
                          f"intact ones: {intact}")
     out = Path(out_dir).expanduser() if out_dir else handle.job_dir / "exports" / f"step-{step}"
     model_settings = _model_settings(handle)
+    with _no_progress_bars():
+        return _write(handle, step, out, model_settings, ckpt_dir)
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' loading and writing bars are its own business here: the command says what it did."""
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def _write(handle: JobHandle, step: int, out: Path, model_settings: ModelSection, ckpt_dir: Path) -> Path:
     state_dict = _state_dict(ckpt_dir, f"global_step{step}")
     model = _model_with(model_settings, state_dict, ckpt_dir / f"global_step{step}")
 
@@ -93,7 +112,8 @@ def _state_dict(ckpt_dir: Path, tag: str) -> dict:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
 
     said = io.StringIO()
-    with contextlib.redirect_stdout(said):  # it prints what it does: Python logging, not the cell
+    # It prints what it does and draws progress bars (stderr): Python logging, not the cell.
+    with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
         state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     log.info("%s", said.getvalue().strip())
     return state_dict
