@@ -38,10 +38,14 @@ _API = {
     "JobHandle": "byzer_magic.runtime.kernel.jobs", "resume": "byzer_magic.runtime.kernel.resume",
     "ByzerError": "byzer_magic.errors",
 }
-__all__ = ["load_ipython_extension", "unload_ipython_extension", *_API]
+__all__ = ["load_ipython_extension", "unload_ipython_extension", *_API, "DEFUALT_CONFIG"]
+
+
+_ALIASES = {"DEFUALT_CONFIG": "DEFAULT_CONFIG"}  # the user document's spelling
 
 
 def __getattr__(name: str):
+    name = _ALIASES.get(name, name)
     if name in _API:
         import importlib  # noqa: PLC0415
 

@@ -44,6 +44,7 @@ MONITOR_NOTEBOOK = [
 from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.kernel.jobs import JobHandle
 from byzer_magic.runtime.worker.metrics import MetricsWriter
+from byzer_magic.runtime.spec import JobSection, JobSpec
 from byzer_magic.widgets import JobMonitor, tensorboard_frame
 
 class DemoJob(JobHandle):
@@ -53,7 +54,7 @@ class DemoJob(JobHandle):
 
 JOB = pathlib.Path("demo-job").resolve()
 JOB.mkdir()
-JobFiles(JOB).write_json("job.json", {"name": "demo", "submitted_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+JobFiles(JOB).write_json("job.json", JobSpec(job=JobSection(name="demo", submitted_at=time.strftime("%Y-%m-%d %H:%M:%S"))).to_json())
 JobFiles(JOB).write_json("plan.json", {"total_steps": 40})
 job = DemoJob("demo", JOB)
 writer = MetricsWriter(JOB)

@@ -145,3 +145,14 @@ def test_steps_beyond_the_data_are_refused(tmp_path):
     with pytest.raises(ByzerError, match="steps_per_epoch=50 needs"):
         lay_out(spec_for(workers=1, micro=1, gas=1, max_length=10, steps=50), store, use_gpu=False,
                 store_dir=str(tmp_path / "tokens"), model_dir="")
+
+
+def test_docs_list_every_training_argument():
+    """docs/LANGUAGE.md's table of `sfft.<type>.<key>` arguments cannot drift from runtime/spec.py."""
+    from pathlib import Path
+
+    from byzer_magic.runtime.spec import kind_of, sfft_fields
+
+    text = (Path(__file__).parents[1] / "docs" / "LANGUAGE.md").read_text()
+    for name, (_, f) in sfft_fields().items():
+        assert f"| `{name}` | {kind_of(f).__name__} |" in text, name

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from IPython.core.error import UsageError
 
 from tests.support.tiny import make_tiny_llama_dir, tiny_model_config, train_sentencepiece
 
@@ -102,8 +103,15 @@ and `sfft.bool.setup_nccl_socket_ifname_by_ip`="true"
     assert re.findall(r"\] step (\d+)/12 ", job.logs()) == [str(step) for step in range(1, 13)]
     workers = job.workers()  # where each rank ran, as it recorded itself
     assert sorted(workers) == [0, 1] and all(w["submission_id"] == job.submission_id for w in workers.values())
-    row = byzer("select name, status, steps, final_loss from llama2_cn as r;")
+    row = byzer("select name, status, steps, final_loss, eval_loss, tokens_trained, corpus_tokens, "
+                "trained_share from llama2_cn as r;")
     assert row.iloc[0]["status"] == "SUCCEEDED" and row.iloc[0]["steps"] == 12
+    assert row.iloc[0]["tokens_trained"] == 12 * 2 * 64 and row.iloc[0]["eval_loss"] > 0
+    assert 0 < row.iloc[0]["trained_share"] <= 1 and row.iloc[0]["corpus_tokens"] > row.iloc[0]["tokens_trained"]
+    # Resuming with another max_length would move the data position: refused, saying what changed.
+    with pytest.raises(UsageError, match=r"max_length 64 -> 128 would repeat or skip data"):
+        byzer(f"""run command as LLM.`` where name="sfft-test-llama2-pretrain" and resume="true"
+and localPathPrefix="{assets['jobs']}" and `sfft.int.max_length`="128";""")
 
 
 def test_python_api_baichuan_from_scratch_zero3(ray_cluster, assets, text_files):

@@ -13,9 +13,9 @@ from typing import Any, Callable
 from byzer_magic.errors import ByzerError, did_you_mean
 from byzer_magic.runtime.spec import check_value, kind_of, sfft_fields
 
+# No micro-batch nor accumulation: a GPU run chooses them from a target of tokens per optimizer step
+# (runtime/batch_defaults.py); a CPU run takes 1 x 1. A user's config that sets them keeps them.
 DEFAULT_CONFIG = json.dumps({
-    "train_micro_batch_size_per_gpu": 1,
-    "gradient_accumulation_steps": 1,
     "gradient_clipping": 1.0,
     "steps_per_print": 1_000_000,  # we log ourselves; DeepSpeed's own prints would flood the cell
     "zero_allow_untested_optimizer": True,
@@ -151,6 +151,8 @@ def check_user_ds_config(user: dict | str | None, *, num_workers: int | None = N
     from byzer_magic.runtime.ds_validate import check_ds_config  # noqa: PLC0415
 
     cfg = _merge(json.loads(DEFAULT_CONFIG), parse_ds_config(user))
+    cfg.setdefault("train_micro_batch_size_per_gpu", 1)  # what a GPU run's driver does not choose
+    cfg.setdefault("gradient_accumulation_steps", 1)
     check_ds_config(cfg, optimizers=OPTIMIZERS, schedulers=SCHEDULERS, num_workers=num_workers)
     return cfg
 

@@ -160,6 +160,7 @@ class EvalSection(_Checked):
 class DeepSpeedSection:
     """The user's DeepSpeed config (``deepspeedConfig``), merged over ``DEFAULT_CONFIG`` by the driver."""
     config: dict = field(default_factory=dict)
+    max_micro_batch: int | None = None     # the largest micro-batch that fits one GPU (the pre-flight plan)
 
 
 SECTIONS: dict[str, type] = {"job": JobSection, "model": ModelSection, "data": DataSection,

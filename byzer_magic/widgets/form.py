@@ -49,8 +49,9 @@ DS_DEFAULTS = {
     "offload_param": False,
     "precision": "auto",
     "lr": _DS["optimizer"]["params"]["lr"],
-    "micro_batch": _DS["train_micro_batch_size_per_gpu"],
-    "gradient_accumulation": _DS["gradient_accumulation_steps"],
+    # Not in DEFAULT_CONFIG: left at 1 here, a GPU run chooses both (runtime/batch_defaults.py).
+    "micro_batch": _DS.get("train_micro_batch_size_per_gpu", 1),
+    "gradient_accumulation": _DS.get("gradient_accumulation_steps", 1),
 }
 _MAX_INT = 2 ** 31 - 1
 _STYLE = {"description_width": "260px"}

@@ -27,9 +27,12 @@ def smooth(values: Sequence[float], weight: float) -> list[float]:
 
 
 def loss_svg(points: Sequence[tuple[int, float]], *, smoothing: float = 0.6, log_scale: bool = False,
-             width: int = WIDTH, height: int = HEIGHT) -> str:
-    """An SVG of ``points`` (step, loss): the raw points faint, the smoothed line strong."""
+             width: int = WIDTH, height: int = HEIGHT, held_out: Sequence[tuple[int, float]] = ()) -> str:
+    """An SVG of ``points`` (step, loss): the raw points faint, the smoothed line strong; ``held_out``
+    (step, held-out loss) as a second series, orange."""
     usable = [(s, v) for s, v in points if math.isfinite(v) and (v > 0 or not log_scale)]
+    evals = [(s, math.log10(v) if log_scale else v) for s, v in held_out
+             if math.isfinite(v) and (v > 0 or not log_scale)]
     head = (f'<svg class="byzer-loss-plot" data-points="{len(usable)}" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" '
             'style="font: 11px sans-serif; background: white">')
@@ -39,8 +42,8 @@ def loss_svg(points: Sequence[tuple[int, float]], *, smoothing: float = 0.6, log
     steps = [s for s, _ in usable]
     ys = [math.log10(v) if log_scale else v for _, v in usable]
     smoothed = smooth(ys, smoothing)
-    x0, x1 = min(steps), max(steps)
-    y0, y1 = min(ys), max(ys)
+    x0, x1 = min(steps + [s for s, _ in evals]), max(steps + [s for s, _ in evals])
+    y0, y1 = min(ys + [y for _, y in evals]), max(ys + [y for _, y in evals])
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
     if y1 == y0:
@@ -66,9 +69,15 @@ def loss_svg(points: Sequence[tuple[int, float]], *, smoothing: float = 0.6, log
     line = list(zip(steps, smoothed))[::every] + ([(steps[-1], smoothed[-1])] if (len(steps) - 1) % every else [])
     parts.append(f'<polyline class="smoothed" fill="none" stroke="#08519c" stroke-width="2" '
                  f'points="{_path(line, px, py)}"/>')
+    if evals:
+        parts.append(f'<polyline class="held-out" fill="none" stroke="#e6550d" stroke-width="2" '
+                     f'points="{_path(evals, px, py)}"/>')
+        parts.extend(f'<circle class="held-out-point" cx="{px(s):.1f}" cy="{py(y):.1f}" r="3" fill="#e6550d"/>'
+                     for s, y in evals)
     last_step, last_loss = usable[-1]
+    held = f" · held-out {_unlog(evals[-1][1], log_scale):.4g}" if evals else ""
     parts.append(f'<text x="{width - _RIGHT}" y="{_TOP - 8}" text-anchor="end" fill="#333">'
-                 f'step {last_step}: loss {last_loss:.4g} (smoothed {_unlog(smoothed[-1], log_scale):.4g})</text>')
+                 f'step {last_step}: loss {last_loss:.4g} (smoothed {_unlog(smoothed[-1], log_scale):.4g}){held}</text>')
     return "".join(parts) + "</svg>"
 
 
@@ -127,8 +136,9 @@ class LossPlot(StaticFallback, widgets.VBox):
     """The curve plus its controls: log scale, smoothing. ``set_points`` redraws only on change; shown
     without a kernel, the output is the SVG itself."""
 
-    def __init__(self, points: Sequence[tuple[int, float]] = ()):
+    def __init__(self, points: Sequence[tuple[int, float]] = (), held_out: Sequence[tuple[int, float]] = ()):
         self.points: list[tuple[int, float]] = list(points)
+        self.held_out: list[tuple[int, float]] = list(held_out)
         self.log_scale = widgets.Checkbox(value=False, description="log scale", indent=False,
                                           layout=widgets.Layout(width="110px"))
         self.smoothing = widgets.FloatSlider(value=0.6, min=0.0, max=0.99, step=0.01, description="smoothing",
@@ -139,14 +149,15 @@ class LossPlot(StaticFallback, widgets.VBox):
         super().__init__([widgets.HBox([self.log_scale, self.smoothing]), self.svg])
         self.redraw()
 
-    def set_points(self, points: Sequence[tuple[int, float]]) -> None:
-        points = list(points)
-        if points != self.points:
-            self.points = points
+    def set_points(self, points: Sequence[tuple[int, float]], held_out: Sequence[tuple[int, float]] = ()) -> None:
+        points, held_out = list(points), list(held_out)
+        if points != self.points or held_out != self.held_out:
+            self.points, self.held_out = points, held_out
             self.redraw()
 
     def redraw(self) -> None:
-        self.svg.value = loss_svg(self.points, smoothing=self.smoothing.value, log_scale=self.log_scale.value)
+        self.svg.value = loss_svg(self.points, smoothing=self.smoothing.value, log_scale=self.log_scale.value,
+                                  held_out=self.held_out)
 
     def static_html(self) -> str:
         return self.svg.value
@@ -155,4 +166,5 @@ class LossPlot(StaticFallback, widgets.VBox):
         if not self.points:
             return "loss curve: no step logged yet"
         step, value = self.points[-1]
-        return f"loss curve: {len(self.points)} points, step {step}: loss {value:.4g}"
+        held = f", held-out loss {self.held_out[-1][1]:.4g} at step {self.held_out[-1][0]}" if self.held_out else ""
+        return f"loss curve: {len(self.points)} points, step {step}: loss {value:.4g}{held}"

@@ -82,7 +82,9 @@ class JobMonitor(StaticFallback, widgets.VBox):
             steps = [int(s) for s in metrics["step"]] if len(metrics) else []
             losses = [float(v) for v in metrics["loss"]] if len(metrics) else []
             points = list(zip(steps, losses))
-            self.plot.set_points(points)
+            held_out = ([(int(r.step), float(r.eval_loss)) for r in metrics.itertuples() if r.eval_loss == r.eval_loss]
+                        if "eval_loss" in metrics else [])
+            self.plot.set_points(points, held_out)
             self._show_status(status)
             self._show_progress(status, metrics)
             if self.logs_button.value:
@@ -125,8 +127,10 @@ class JobMonitor(StaticFallback, widgets.VBox):
             speed = [f"loss {float(last['loss']):.4g}"]
             if "tokens_per_s" in last and last["tokens_per_s"] == last["tokens_per_s"]:
                 speed.insert(0, f"{float(last['tokens_per_s']):,.0f} tokens/s")
+            if "eval_loss" in metrics and metrics["eval_loss"].notna().any():
+                speed.append(f"held-out loss {float(metrics['eval_loss'].dropna().iloc[-1]):.4g}")
             if "tokens" in last and last["tokens"] == last["tokens"]:
-                speed.append(f"{int(last['tokens']):,} tokens seen")
+                speed.append(_tokens_seen(int(last["tokens"]), self.handle.layout))
             if "epoch" in last and last["epoch"] == last["epoch"]:
                 speed.append(f"epoch {int(last['epoch'])}")
             self.speed.value = " · ".join(speed)
@@ -225,6 +229,12 @@ class JobMonitor(StaticFallback, widgets.VBox):
         if not self.tensorboard_box.children:
             self.tensorboard_box.children = [tensorboard_frame(self.handle.tensorboard_dir,
                                                                proxy_url=self.proxy_url)]
+
+
+def _tokens_seen(tokens: int, layout) -> str:
+    """``N tokens seen of M (x%)``: M is the training split times the epochs (plan.json)."""
+    planned = layout.corpus.train_tokens * (layout.total_steps // max(layout.steps_per_epoch, 1)) if layout else 0
+    return f"{tokens:,} tokens seen of {planned:,} ({tokens / planned:.1%})" if planned else f"{tokens:,} tokens seen"
 
 
 def _paths_html(handle: JobHandle) -> str:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.spec import JobLayout, JobSpec
+from byzer_magic.runtime.worker.health import recorded_failure
 
 
 @dataclass
@@ -89,7 +90,8 @@ def run_with_restarts(spec: JobSpec, layout: JobLayout, files: JobFiles) -> None
             trainer.fit()
             return
         except Exception as err:  # noqa: BLE001 - sorted below: restart, or fail with the reason
-            reason = deterministic_reason(err)
+            recorded = recorded_failure(files.root, spec.job.submission_id)  # a worker said why (health.py)
+            reason = str(recorded) if recorded else deterministic_reason(err)
             if reason is not None:
                 raise ByzerError(reason) from None
             if attempt == limit:

@@ -19,6 +19,7 @@ from byzer_magic.runtime.driver.inputs import source_dataset
 from byzer_magic.runtime.driver.layout import lay_out
 from byzer_magic.runtime.driver.tokenise import build_store
 from byzer_magic.runtime.jobfiles import JobFiles
+from byzer_magic.runtime.ownership import JobFolderBusy, JobLease
 from byzer_magic.runtime.spec import JobLayout, JobSpec
 from byzer_magic.runtime.token_store import TokenStore, is_built
 
@@ -50,6 +51,12 @@ def run(job_dir: str) -> int:
         return 2
     spec = JobSpec.from_json(raw)
     name = spec.job.name
+    lease = JobLease(files.root, owner=spec.job.submission_id)
+    try:  # one training per folder: a second head or a double submit stops here (runtime/ownership.py)
+        lease.acquire()
+    except JobFolderBusy as err:
+        print(f"[{name}] error: {err}", file=sys.stderr, flush=True)
+        return 1  # the folder is another run's: write nothing into it
     started = time.time()
     result = attempts.Result(name=name, submission_id=spec.job.submission_id, model_dir=str(files.model_dir),
                              checkpoint_dir=str(spec.checkpoint_dir), tensorboard_dir=str(files.tensorboard_dir))
@@ -77,6 +84,7 @@ def run(job_dir: str) -> int:
     finally:
         result.seconds = round(time.time() - started, 1)
         files.write_json("result.json", result.to_json())
+        lease.release()
 
 
 if __name__ == "__main__":

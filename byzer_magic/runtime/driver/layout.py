@@ -13,6 +13,22 @@ from byzer_magic.runtime.token_store import TokenStore
 EVALS_PER_RUN = 10  # the default eval_every: this many evaluations over the run (and one at the end)
 
 
+def default_batch(user: dict, *, use_gpu: bool, max_length: int, workers: int, max_micro: int | None,
+                  data_tokens: int | None, epochs: int, steps_per_epoch: int | None) -> tuple[dict, str | None]:
+    """The user's DeepSpeed config with the micro-batch and accumulation it leaves out chosen for a GPU run
+    (``runtime/batch_defaults.py``: a sound number of tokens per optimizer step), and the plan's note. On
+    the CPU, what is left out stays 1 x 1 (DEFAULT_CONFIG's tiny runs)."""
+    micro_key, gas_key = "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"
+    if not use_gpu or (micro_key in user and gas_key in user):
+        return user, None
+    from byzer_magic.runtime.batch_defaults import choose_batch  # noqa: PLC0415
+
+    choice = choose_batch(max_length=max_length, workers=workers, max_micro=max_micro, user_micro=user.get(micro_key),
+                          user_gas=user.get(gas_key), data_tokens=data_tokens, epochs=epochs,
+                          steps_per_epoch=steps_per_epoch)
+    return {**user, micro_key: choice.micro, gas_key: choice.gas}, choice.note
+
+
 def batch_shape(spec: JobSpec, ds_config: dict) -> shards.BatchShape:
     return shards.BatchShape(max_length=spec.data.max_length, workers=spec.parallel.num_workers,
                              micro_batch=int(ds_config["train_micro_batch_size_per_gpu"]),
@@ -41,7 +57,11 @@ def lay_out(spec: JobSpec, store: TokenStore, *, use_gpu: bool, store_dir: str, 
                          f'partitionNum="{spec.parallel.num_workers}" ... first, or drop keepPartitionNum')
     corpus = corpus_stats(spec, store)
     # Steps are laid out first with the user's (or default) batch, then the schedule gets its length.
-    probe, _ = resolve_ds_config(spec.deepspeed.config, on_gpu=use_gpu)
+    user, batch_note = default_batch(spec.deepspeed.config, use_gpu=use_gpu, max_length=spec.data.max_length,
+                                     workers=spec.parallel.num_workers, max_micro=spec.deepspeed.max_micro_batch,
+                                     data_tokens=corpus.train_tokens, epochs=spec.training.epoches,
+                                     steps_per_epoch=spec.training.steps_per_epoch)
+    probe, _ = resolve_ds_config(user, on_gpu=use_gpu)
     shape = batch_shape(spec, probe)
     available = shards.steps_per_epoch(corpus.train_tokens, shape)
     per_epoch = spec.training.steps_per_epoch or available
@@ -55,8 +75,9 @@ def lay_out(spec: JobSpec, store: TokenStore, *, use_gpu: bool, store_dir: str, 
                          f"training split has {corpus.train_tokens:,} ({available} steps): lower "
                          f"sfft.int.steps_per_epoch, or leave it out for one pass over the data")
     total = per_epoch * spec.training.epoches
-    ds_config, notes = resolve_ds_config(spec.deepspeed.config, on_gpu=use_gpu, total_steps=total,
+    ds_config, notes = resolve_ds_config(user, on_gpu=use_gpu, total_steps=total,
                                          warmup_ratio=spec.training.warmup_ratio)
+    notes += [batch_note] if batch_note else []
     if corpus.partition_tokens is not None:
         notes += shards.partition_report(corpus.partition_tokens, shape)
     evaluates = corpus.eval_tokens >= 2  # a loss needs a token and the one after it

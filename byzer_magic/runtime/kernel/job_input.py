@@ -28,6 +28,15 @@ def save_input(ds, files: JobFiles, text_column: str, keep_partitions: bool) -> 
     return "snapshot"
 
 
+def partition_count(ds) -> int | None:
+    """How many partitions ``ds`` has when its plan ends in a repartition (TableRepartition); None when
+    the plan does not say without running (then the driver checks, before any worker starts). Ray Data
+    has no public accessor for this: the logical plan's last operator is read, defensively."""
+    op = getattr(getattr(ds, "_logical_plan", None), "dag", None)
+    count = getattr(op, "_num_outputs", None)
+    return count if type(op).__name__ == "Repartition" and isinstance(count, int) else None
+
+
 def _snapshot(ds, out_dir: Path, keep_partitions: bool) -> None:
     import ray  # noqa: PLC0415
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime.config import ParallelConfig, parse_ds_config
+from byzer_magic.runtime.kernel.job_input import partition_count
 from byzer_magic.runtime.spec import (CheckpointSection, DataSection, DeepSpeedSection, EvalSection, JobSection,
                                       JobSpec, ModelSection, ParallelSection, TrainingSection)
 
@@ -23,6 +24,13 @@ def check_inputs(config: ParallelConfig) -> None:
                          "files with `load text`, run them as TableRepartition, and pass that table as inputTable")
     if config.input_table is None and not args.data_dir:
         raise ByzerError("no training data: set inputTable (a table with a `text` column) or localDataDir")
+    partitions = partition_count(config.input_table) if config.keep_partition_num else None
+    if partitions not in (None, config.num_workers):
+        table = config.input_table_name or "<table>"
+        raise ByzerError(f"keepPartitionNum: inputTable {table} has {partitions} partitions for {config.num_workers} "
+                         f"worker(s); they must be equal: run {table} as TableRepartition.`` where "
+                         f'partitionNum="{config.num_workers}" ..., or set "num_gpus={partitions}", or drop '
+                         f"keepPartitionNum")
 
 
 def build_job_spec(config: ParallelConfig, *, name: str, job_dir: Path, use_gpu: bool, tokenizer_path: str,

@@ -18,9 +18,10 @@ from byzer_magic.errors import ByzerError
 from byzer_magic.runtime import shards
 from byzer_magic.runtime.config import ParallelConfig, resolve_ds_config
 from byzer_magic.runtime.kernel.plan_advice import (SLOW_FACTOR, GpuInfo, Layout, Option, candidates, detect_gpus,
-                                             fastest_that_fits, host_available_bytes, make_option, measure_options)
-from byzer_magic.runtime.shards import BatchShape
+                                                    fastest_that_fits, host_available_bytes, largest_fitting_micro,
+                                                    make_option, measure_options)
 from byzer_magic.runtime.kernel.plan_memory import ModelShape, ZeroSetup, fmt_bytes, model_shape, usable_bytes
+from byzer_magic.runtime.shards import BatchShape
 
 __all__ = ["GpuInfo", "RunPlan", "check_launchable", "plan_run", "step_counts", "count_input_tokens"]
 _COLUMNS = ("", "config", "memory/GPU", "tokens/s", "time")
@@ -63,6 +64,7 @@ class RunPlan:
     steps_per_epoch: int | None = None
     total_steps: int | None = None
     steps_set: bool = False          # steps_per_epoch came from the user, not from the data
+    max_micro: int | None = None     # the largest micro-batch that fits one GPU (the driver's default batch)
     gpus_in_cluster: int = 0
     card_bytes: int = 0
     warning: str | None = None
@@ -227,6 +229,8 @@ def plan_run(config: ParallelConfig, *, measure: bool | None = None, gpus: list[
         # No candidate micro-batch larger than one step's worth of the data.
         max_micro = max(1, sequences // (config.num_workers * gas)) if sequences is not None else None
         options = candidates(shape, layout, ds_config, seq=args.max_length, grad_accum=gas, max_micro=max_micro)
+        plan.max_micro = largest_fitting_micro(shape, zero, layout, ds_config, seq=args.max_length,
+                                               checkpointing=config.gradient_checkpointing)
         plan.best = fastest_that_fits(options, yours)
         if measure is not False:
             build = functools.partial(_build_model, config.get_model, config.model_type, args.model_path,

@@ -12,6 +12,7 @@ from byzer_magic.runtime.config import ParallelConfig, parse_ds_config, resolve_
 from byzer_magic.runtime.kernel.jobs import JobHandle
 from byzer_magic.runtime.kernel.ray_job import submit_ray_job
 from byzer_magic.runtime.kernel.submit import job_dir_for
+from byzer_magic.runtime.ownership import check_free, claim, job_lock, release_claim
 
 
 # What decides which tokens a step trains: a resume that changes one of them would repeat or skip data.
@@ -30,27 +31,34 @@ def resume(name: str, *, local_path_prefix: str | None = None, train_args: dict 
     spec = handle.spec
     if not spec:
         raise ByzerError(f"no job named {name!r} under {job_dir.parent} to resume")
-    status = handle.status()
-    if status in ("PENDING", "RUNNING"):
-        raise ByzerError(f"job {name} is still {status.lower()}: stop it first (%byzerllm stop {name})")
-    before = _batch_shape(spec)
-    changed = _apply_overrides(spec, train_args or {}, ds_config)
-    tag = latest_tag(handle.checkpoint_dir)
-    if tag:
-        changed += [f"{what} {old} -> {new}" for what, old, new in zip(("micro-batch", "accumulation"), before,
-                                                                       _batch_shape(spec)) if old != new]
-        if changed:
-            raise ByzerError(f"job {name} has a checkpoint ({tag}) trained with other batches: resuming with "
-                             f"{'; '.join(changed)} would repeat or skip data. Resume without these changes, or "
-                             f"start a new job from this one's weights (localModelDir=\"{handle.model_dir}\" "
-                             f"once it has exported, or a new name)")
-    _, spec.job.notes = resolve_ds_config(spec.deepspeed.config, on_gpu=bool(spec.parallel.use_gpu))
-    spec.job.attempt += 1
-    spec.job.submission_id, spec.job.cluster = f"{name}-r{spec.job.attempt}", info.address
-    spec.job.resumed_from = str(handle.checkpoint_dir / tag) if tag else None
-    handle.files.write_json("job.json", spec.to_json())
-    (job_dir / "plan.json").unlink(missing_ok=True)  # re-planned with the overrides
-    submit_ray_job(asdict(spec.job), info)
+    with job_lock(job_dir):  # one submit or resume of a name at a time (runtime/ownership.py)
+        status = handle.status()
+        if status in ("PENDING", "RUNNING"):
+            raise ByzerError(f"job {name} is still {status.lower()}: stop it first (%byzerllm stop {name})")
+        check_free(job_dir)
+        before = _batch_shape(spec)
+        changed = _apply_overrides(spec, train_args or {}, ds_config)
+        tag = latest_tag(handle.checkpoint_dir)
+        if tag:
+            changed += [f"{what} {old} -> {new}" for what, old, new in zip(("micro-batch", "accumulation"), before,
+                                                                           _batch_shape(spec)) if old != new]
+            if changed:
+                raise ByzerError(f"job {name} has a checkpoint ({tag}) trained with other batches: resuming with "
+                                 f"{'; '.join(changed)} would repeat or skip data. Resume without these changes, or "
+                                 f"start a new job from this one's weights (localModelDir=\"{handle.model_dir}\" "
+                                 f"once it has exported, or a new name)")
+        _, spec.job.notes = resolve_ds_config(spec.deepspeed.config, on_gpu=bool(spec.parallel.use_gpu))
+        spec.job.attempt += 1
+        spec.job.submission_id, spec.job.cluster = f"{name}-r{spec.job.attempt}", info.address
+        spec.job.resumed_from = str(handle.checkpoint_dir / tag) if tag else None
+        claim(job_dir, spec.job.submission_id)
+        try:
+            handle.files.write_json("job.json", spec.to_json())
+            (job_dir / "plan.json").unlink(missing_ok=True)  # re-planned with the overrides
+            submit_ray_job(asdict(spec.job), info)
+        except BaseException:
+            release_claim(job_dir, spec.job.submission_id)
+            raise
     return JobHandle(name, job_dir)
 
 

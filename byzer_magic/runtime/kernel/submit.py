@@ -24,6 +24,7 @@ from byzer_magic.runtime.kernel.job_input import save_input
 from byzer_magic.runtime.kernel.job_spec import build_job_spec, check_inputs
 from byzer_magic.runtime.kernel.jobs import JobHandle
 from byzer_magic.runtime.kernel.ray_job import submit_ray_job
+from byzer_magic.runtime.ownership import claim, job_lock, release_claim
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: `$` would let a final newline in
 
@@ -80,6 +81,20 @@ class DeepSpeedTrain:
     def __init__(self, config: ParallelConfig, *, ray_address: str | None = None):
         self.config = config
         self.ray_address = ray_address
+        self._handle: JobHandle | None = None
+
+    @property
+    def workers(self) -> list:
+        """The user document's ``ray.get([w.train.remote() for w in dst.workers])`` (kernel/seed_workers.py)."""
+        from byzer_magic.runtime.kernel.seed_workers import SeedWorker  # noqa: PLC0415
+
+        return [SeedWorker(self, rank) for rank in range(self.config.num_workers)]
+
+    def submitted(self) -> JobHandle:
+        """This run's job, submitted on the first call."""
+        if self._handle is None:
+            self._handle = self.submit()
+        return self._handle
 
     # -- checks ---------------------------------------------------------------------------------
     def _check_resources(self, use_gpu: bool | None) -> bool:
@@ -96,16 +111,25 @@ class DeepSpeedTrain:
                              f"lower num_gpus (the worker count)")
         return use_gpu
 
-    def _tokenizer_path(self) -> str:
-        args = self.config.train_args
+    def _tokenizer_path(self) -> tuple[str, list[str]]:
+        """The tokenizer's resolved path, checked against the model's vocabulary now (not after the corpus
+        is tokenised): its notes."""
+        cfg, args = self.config, self.config.train_args
         path = args.tokenizer_path or args.model_path
         if not path:
             raise ByzerError("a model trained from scratch needs a tokenizer: set sfft.str.tokenizer_path "
                              "(a SentencePiece tokenizer.model or a Hugging Face tokenizer folder)")
         from byzer_magic.runtime.tokenizer import load_tokenizer  # noqa: PLC0415
+        from byzer_magic.runtime.tokenizer_fit import check_tokenizer_fits  # noqa: PLC0415
 
-        load_tokenizer(path)  # fails now, with the path, if it is not a tokenizer
-        return str(Path(path).expanduser().resolve())
+        tokenizer = load_tokenizer(path)  # fails now, with the path, if it is not a tokenizer
+        notes = []
+        if args.model_path:
+            notes = check_tokenizer_fits(tokenizer, args.model_path, tokenizer_path=path)
+        elif cfg.get_model is None:
+            notes = check_tokenizer_fits(tokenizer, dict(cfg.model_config or {}), model_type=cfg.model_type,
+                                         tokenizer_path=path)
+        return str(Path(path).expanduser().resolve()), notes
 
     def _check_model(self) -> None:
         from byzer_magic.runtime.models import registry  # noqa: PLC0415
@@ -129,14 +153,15 @@ class DeepSpeedTrain:
         cluster.connect(self.ray_address)
         return plan_run(self.config, measure=measure)
 
-    def _preflight(self) -> list[str]:
-        """Stop, in seconds, what cannot work (memory, positions); a config predicted much slower than one
-        that fits is a warning, and the run goes on (the user decides)."""
+    def _preflight(self) -> tuple[list[str], int | None]:
+        """Stop, in seconds, what cannot work (memory, positions, a tokenizer that does not fit the model);
+        a config predicted much slower than one that fits is a warning, and the run goes on (the user
+        decides). Also returns the largest micro-batch that fits a GPU (for the driver's default batch)."""
         from byzer_magic.runtime.kernel.plan import check_launchable, plan_run  # noqa: PLC0415
 
         plan = plan_run(self.config, measure=False, count=False)
         check_launchable(plan)
-        return [plan.warning] if plan.warning else []
+        return [plan.warning] if plan.warning else [], plan.max_micro
 
     # -- the job --------------------------------------------------------------------------------
     def submit(self) -> JobHandle:
@@ -147,12 +172,13 @@ class DeepSpeedTrain:
         name = cfg.name or default_name()
         job_dir = job_dir_for(name, cfg.local_path_prefix)
         files = JobFiles(job_dir)
-        if (job_dir / "job.json").exists():
+        if (job_dir / "job.json").exists():  # said at once; checked again under the lock below
             raise ByzerError(f"a job named {name!r} already exists ({job_dir}); choose another name, or resume it")
         use_gpu = self._check_resources(cfg.use_gpu)
         _, notes = resolve_ds_config(cfg.ds_config, on_gpu=use_gpu)  # invalid configs stop here
         self._check_model()
-        tokenizer_path = self._tokenizer_path()
+        tokenizer_path, tokenizer_notes = self._tokenizer_path()
+        notes += tokenizer_notes
         if cfg.input_table is not None:
             columns = cfg.input_table.schema().names
             if args.text_column not in columns:
@@ -161,34 +187,40 @@ class DeepSpeedTrain:
         elif not glob.glob(os.path.expanduser(args.data_dir.removeprefix("file://")), recursive=True):
             raise ByzerError(f"localDataDir {args.data_dir} does not exist")
 
-        plan_notes = self._preflight()
-        job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            if cfg.input_table is not None:
-                save_input(cfg.input_table, files, args.text_column, cfg.keep_partition_num)
-            get_model_file = None
-            if cfg.get_model is not None:
-                from ray import cloudpickle  # noqa: PLC0415
+        plan_notes, max_micro = self._preflight()
+        with job_lock(job_dir):  # one submit of a name at a time, across kernels (runtime/ownership.py)
+            if (job_dir / "job.json").exists():
+                raise ByzerError(f"a job named {name!r} already exists ({job_dir}); choose another name, or resume it")
+            job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            claim(job_dir, name)
+            try:
+                if cfg.input_table is not None:
+                    save_input(cfg.input_table, files, args.text_column, cfg.keep_partition_num)
+                get_model_file = None
+                if cfg.get_model is not None:
+                    from ray import cloudpickle  # noqa: PLC0415
 
-                get_model_file = str(job_dir / "get_model.pkl")
-                with open(get_model_file, "wb") as f:
-                    cloudpickle.dump(cfg.get_model, f)
-            spec = build_job_spec(cfg, name=name, job_dir=job_dir, use_gpu=use_gpu, tokenizer_path=tokenizer_path,
-                                  cluster_address=info.address, notes=notes + plan_notes,
-                                  get_model_file=get_model_file)
-            files.write_json("job.json", spec.to_json())
-            submit_ray_job(asdict(spec.job), info)
-        except BaseException:
-            if not (job_dir / "job.json").exists():
-                import shutil  # noqa: PLC0415
+                    get_model_file = str(job_dir / "get_model.pkl")
+                    with open(get_model_file, "wb") as f:
+                        cloudpickle.dump(cfg.get_model, f)
+                spec = build_job_spec(cfg, name=name, job_dir=job_dir, use_gpu=use_gpu, tokenizer_path=tokenizer_path,
+                                      cluster_address=info.address, notes=notes + plan_notes,
+                                      get_model_file=get_model_file)
+                spec.deepspeed.max_micro_batch = max_micro
+                files.write_json("job.json", spec.to_json())
+                submit_ray_job(asdict(spec.job), info)
+            except BaseException:
+                release_claim(job_dir, name)
+                if not (job_dir / "job.json").exists():
+                    import shutil  # noqa: PLC0415
 
-                shutil.rmtree(job_dir, ignore_errors=True)  # nothing was started: leave no half job
-            raise
+                    shutil.rmtree(job_dir, ignore_errors=True)  # nothing was started: leave no half job
+                raise
         return JobHandle(name, job_dir)
 
     def train(self, progress: Callable[[JobHandle], None] | None = None) -> TrainResult:
         """Submit and wait; an interrupt (Ctrl-C, the notebook's stop button) stops the job."""
-        handle = self.submit()
+        handle = self.submitted()
         try:
             status = handle.wait(progress=progress)
         except KeyboardInterrupt:

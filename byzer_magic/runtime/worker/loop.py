@@ -52,6 +52,8 @@ def train_loop(config: dict) -> None:
     _check_same_batches(state, layout, spec)
     data = WorkerData(spec, layout, rank)
     log = StepLog(spec, layout, files, rank, engine, resume_step=state.step)
+    if rank == 0:
+        _announce(spec, layout, files, state, ckpt_dir)
     step, total, last_save = state.step, layout.total_steps, state.step
     while step < total:
         for micro in data.step(step):
@@ -64,12 +66,24 @@ def train_loop(config: dict) -> None:
         log.step(step, held_out)
         if step % spec.checkpoint.checkpoint_every == 0 and step < total:
             checkpoint.save(engine, ckpt_dir, step, _client_state(step, layout, spec),
-                            keep=spec.checkpoint.keep_checkpoints)
+                            keep=spec.checkpoint.keep_checkpoints, good=log.healthy_at(step))
             last_save = step
     if step != last_save or not checkpoint.latest_tag(ckpt_dir):
-        checkpoint.save(engine, ckpt_dir, step, _client_state(step, layout, spec), keep=spec.checkpoint.keep_checkpoints)
+        checkpoint.save(engine, ckpt_dir, step, _client_state(step, layout, spec), keep=spec.checkpoint.keep_checkpoints,
+                        good=log.healthy_at(step))
     _finish(engine, spec, layout, files, rank, data, log)
     ray.train.report({"step": step, "loss": log.last_loss if log.last_loss is not None else float("nan")})
+
+
+def _announce(spec: JobSpec, layout: JobLayout, files: JobFiles, state: TrainState, ckpt_dir: Path) -> None:
+    """Rank 0: where a resumed run continues from, and TensorBoard's address when the config enables it."""
+    if state.step:
+        print(f"[W-0-{spec.job.name}] resumed from {ckpt_dir / checkpoint.latest_tag(ckpt_dir)} at step {state.step}",
+              flush=True)
+    if (layout.ds_config.get("tensorboard") or {}).get("enabled"):
+        from byzer_magic.runtime.tensorboard import start_for_job  # noqa: PLC0415
+
+        start_for_job(files.root)  # its address goes into the job's log; it ends with this worker
 
 
 def _start_worker(spec: JobSpec, files: JobFiles, rank: int) -> None:
@@ -88,9 +102,15 @@ def _engine(spec: JobSpec, layout: JobLayout):
 
     from byzer_magic.runtime.models import build_training_model  # noqa: PLC0415
 
-    m = spec.model
+    m, device, dtype = spec.model, None, None
+    if layout.use_gpu:  # made on the GPU in its training dtype: no fp32 copy on the host (issue 13)
+        import ray.train.torch  # noqa: PLC0415
+
+        device = ray.train.torch.get_device()
+        dtype = (torch.bfloat16 if (layout.ds_config.get("bf16") or {}).get("enabled") is True else
+                 torch.float16 if (layout.ds_config.get("fp16") or {}).get("enabled") is True else None)
     model = build_training_model(m.model_type, model_path=m.model_path, model_config=m.model_config,
-                                 get_model_file=m.get_model_file)
+                                 get_model_file=m.get_model_file, device=device, dtype=dtype)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     zero_stage = int((layout.ds_config.get("zero_optimization") or {}).get("stage", 0) or 0)

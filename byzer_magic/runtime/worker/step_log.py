@@ -1,6 +1,7 @@
 """What the loop reports each step: the mean loss over the workers (read back from the device only on
 logged steps, so a GPU step never waits for the host), lr, grad norm, throughput, tokens trained, and
-the held-out loss when it was evaluated. Rank 0 writes them (``worker/metrics.py``) and prints a line."""
+the held-out loss when it was evaluated. Rank 0 writes them (``worker/metrics.py``) and prints a line.
+A loss that is not finite, or too many steps DeepSpeed skipped, stops the job (``worker/health.py``)."""
 from __future__ import annotations
 
 import time
@@ -8,8 +9,10 @@ import time
 import torch
 import torch.distributed as dist
 
+from byzer_magic.errors import DeterministicFailure
 from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.spec import JobLayout, JobSpec
+from byzer_magic.runtime.worker.health import LossGuard, record_failure, skipped_steps_of
 
 
 class StepLog:
@@ -19,13 +22,13 @@ class StepLog:
         self.world = spec.parallel.num_workers
         self.loss_sum = torch.zeros((), device=engine.device)
         self.since, self.t0, self.last_loss = 0, time.time(), None
+        self.guard = LossGuard(spec.training.max_skipped_steps)
+        self.job_dir, self.submission_id = files.root, spec.job.submission_id
         self.writer = None
         if rank == 0:
             from byzer_magic.runtime.worker.metrics import MetricsWriter  # noqa: PLC0415
 
             self.writer = MetricsWriter(files.root, resume_step=resume_step)
-            if resume_step:
-                print(f"[W-0-{self.name}] resumed at step {resume_step}", flush=True)
 
     def add(self, micro_loss: torch.Tensor) -> None:
         """One micro-batch's loss (the step's loss is their mean)."""
@@ -42,6 +45,11 @@ class StepLog:
             return
         dist.all_reduce(self.loss_sum, op=dist.ReduceOp.SUM)
         self.last_loss = self.loss_sum.item() / (self.world * self.since)
+        try:  # every rank sees the same all-reduced loss, so all stop together
+            self.guard.check(step, self.last_loss, skipped_steps_of(self.engine))
+        except DeterministicFailure as err:
+            record_failure(self.job_dir, self.submission_id, err, rank=self.rank)
+            raise
         elapsed, self.t0 = time.time() - self.t0, time.time()
         if self.writer:
             tokens = self.layout.tokens_per_step
@@ -55,6 +63,10 @@ class StepLog:
                   f"loss {self.last_loss:.4f}{held}", flush=True)
         self.loss_sum.zero_()
         self.since = 0
+
+    def healthy_at(self, step: int) -> bool:
+        """The loss logged at ``step`` was checked finite (such a checkpoint is kept out of the rotation)."""
+        return self.guard.healthy_at(step)
 
     def close(self) -> None:
         if self.writer:

@@ -1,0 +1,52 @@
+"""A failure the training code raises is not retried (driver/attempts.py): a loss that turns NaN
+mid-run ends the job FAILED at once, with the step, and the checkpoints saved before stay. Real Ray
+head, DeepSpeed on gloo, 2 CPU workers."""
+from __future__ import annotations
+
+import pytest
+
+from tests.support.tiny import stdlib_text_files, tiny_model_config, train_sentencepiece
+
+pytestmark = pytest.mark.slow
+
+
+def nan_after(calls: int):
+    """A tiny Llama whose forward returns NaN from its ``calls``-th call on (the same on every rank)."""
+    import torch
+
+    from byzer_magic.runtime.models import build_model
+
+    model = build_model("sfft/llama2", tiny_model_config("sfft/llama2", 512))
+    seen = {"n": 0}
+
+    def poison(_module, _inputs, output):
+        seen["n"] += 1
+        return output * float("nan") if seen["n"] >= calls and torch.is_grad_enabled() else output
+
+    model.model.embed_tokens.register_forward_hook(poison)
+    return model
+
+
+def test_nan_loss_fails_at_once_without_a_restart(ray_cluster, tmp_path):
+    from byzer_magic import DeepSpeedTrain, ParallelConfig, TrainArgs
+    from byzer_magic.errors import ByzerError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in stdlib_text_files(3):
+        (data / path.name).write_text(path.read_text())
+    tokenizer = train_sentencepiece(tmp_path / "tok")
+    dst = DeepSpeedTrain(ParallelConfig(
+        num_workers=2, get_model=lambda: nan_after(9), name="goes-nan", local_path_prefix=str(tmp_path / "jobs"),
+        train_args=TrainArgs(tokenizer_path=str(tokenizer), data_dir=str(data), max_length=64, steps_per_epoch=30,
+                             checkpoint_every=4, eval_ratio=0.0, max_failures=3)))
+    with pytest.raises(ByzerError, match=r"loss is not finite at step 9"):
+        dst.train()
+    handle = dst.submitted()
+    result = handle.files.read_json("result.json")
+    assert result["status"] == "FAILED" and "loss is not finite at step 9" in result["error"]
+    logs = handle.logs()
+    assert "restarting from the last checkpoint" not in logs      # not retried
+    assert logs.count("step 1/30 ") == 1                           # trained once
+    assert handle.last_checkpoint.name == "global_step8"          # the last checkpoint before the NaN
+    assert handle.metrics()["step"].tolist() == list(range(1, 9))
