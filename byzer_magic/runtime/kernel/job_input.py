@@ -33,7 +33,7 @@ def partition_count(ds) -> int | None:
     the plan does not say without running (then the driver checks, before any worker starts). Ray Data
     has no public accessor for this: the logical plan's last operator is read, defensively."""
     op = getattr(getattr(ds, "_logical_plan", None), "dag", None)
-    count = getattr(op, "_num_outputs", None)
+    count = getattr(op, "num_outputs", getattr(op, "_num_outputs", None))
     return count if type(op).__name__ == "Repartition" and isinstance(count, int) else None
 
 
