@@ -272,7 +272,8 @@ def byzer_magic(s: dict) -> dict:
         local_path_prefix=str(work / "jobs"), ds_config=job_ds_config(s),
         gradient_checkpointing=bool(s.get("gradient_checkpointing")),
         train_args=TrainArgs(tokenizer_path=str(tok_dir), data_dir=str(data_dir), steps_per_epoch=total + 2,
-                             max_length=s["seq"], log_every=1, checkpoint_every=10**6))
+                             max_length=s["seq"], log_every=1, checkpoint_every=10**6,
+                             eval_ratio=0.0))  # no held-out evaluation inside the timed steps
     submitted = time.time()
     handle = DeepSpeedTrain(config).submit()
     try:
