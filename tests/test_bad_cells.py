@@ -124,9 +124,13 @@ def test_failed_statement_leaves_existing_values(byzer, shell, text_files):
     assert session.setup == {"num_gpus": 2} and session.tables == {"t": before}
 
 
-def test_bad_rows_fail_the_preview_not_the_kernel(byzer, text_files):
-    with pytest.raises(UsageError, match="while reading table n: Conversion Error: Could not convert"):
-        byzer(f"load text.`{text_files}/*.py` as t;\nselect value::int as n from t as n;")
+def test_bad_rows_fail_the_preview_not_the_kernel(byzer, shell, text_files):
+    shell.run_line_magic("config", 'ByzerMagic.sql_dialect = "duckdb"')  # Spark's cast gives NULL instead
+    try:
+        with pytest.raises(UsageError, match="while reading table n: Conversion Error: Could not convert"):
+            byzer(f"load text.`{text_files}/*.py` as t;\nselect value::int as n from t as n;")
+    finally:
+        shell.run_line_magic("config", 'ByzerMagic.sql_dialect = "spark"')
 
 
 @pytest.mark.parametrize("line, message", [

@@ -303,8 +303,8 @@ class Session:
         for option in options:
             if option.key not in valid:
                 hint = did_you_mean(option.key, valid)
-                raise _at(ByzerError(f'unknown option "{option.key}" for {what}{hint}; options: '
-                                     f"{', '.join(valid)}"), option.span)
+                known = f"for {what}{hint}; options: {', '.join(valid)}" if valid else f"({what} takes none)"
+                raise _at(ByzerError(f'unknown option "{option.key}" {known}'), option.span)
             found[option.key] = replace(option, value=self.interpolate(option.value, option.span))
         return found
 

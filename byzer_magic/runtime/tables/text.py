@@ -200,8 +200,8 @@ def decoding_note(found: list[Undecodable], encoding: str, files: Files) -> str:
         files, found[0], name)), None)
     hint = f'write encoding="{guess}" in the load: these bytes decode as {guess}' if guess else \
         'write encoding="..." (the files\' encoding) in the load'
-    return (f"{len(found)} file{'s' if len(found) != 1 else ''} not valid {encoding}{scope}: {shown} bytes "
-            f"become U+FFFD; {hint}")
+    return (f"{len(found)} file{'s' if len(found) != 1 else ''} not valid {encoding}{scope}, bytes that do not "
+            f"decode become U+FFFD: {shown}; {hint}")
 
 
 def _decodes(files: Files, found: Undecodable, encoding: str) -> bool:
