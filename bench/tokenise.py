@@ -1,0 +1,197 @@
+"""Tokenising benchmark (issue 12 item 5): a generated corpus tokenised through the job's own path, against
+the raw tokenizer's rate on the same cores, and the peak memory.
+
+    flock /tmp/byzer-ray.lock .venv/bin/python bench/tokenise.py [--size-mb 1024] [--raw-sample-mb 100]
+
+The corpus: the Python standard library's sources, shuffled and repeated into a few hundred files of
+varied sizes (10 kB - 10 MB, plus files of 200, 100 and 50 MB where they fit in half of ``--size-mb``), in a
+temporary folder under /tmp that is deleted at the end. Our path is the driver's: ``tables.load_text(dir,
+wholetext=True)`` renamed to ``text`` (driver/inputs.py's localDataDir) into ``driver/tokenise.build_store``
+on the embedded Ray head. The raw rate: the same SentencePiece model (tests/support/tiny.py) encoding the
+same files in 1 MB line-aligned pieces in a multiprocessing pool of one process per core, on a sample of
+``--raw-sample-mb``. Memory: RSS of this process (the driver's role) and the sum over the head's Ray worker
+processes, sampled with psutil every second. Writes bench/results/tokenise.json; docs/BENCHMARKS.md shows it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+MB = 1 << 20
+
+
+def make_corpus(out: Path, size_mb: int, seed: int = 0) -> list[int]:
+    """Write ``size_mb`` of shuffled standard-library source into files of varied sizes; their sizes."""
+    stdlib = Path(json.__file__).parent.parent
+    sources = [p.read_bytes() for p in sorted(stdlib.rglob("*.py")) if "site-packages" not in p.parts]
+    sources = [s for s in sources if s.strip()]
+    rng = random.Random(seed)
+    total = size_mb * MB
+    sizes = [b * MB for b in (200, 100, 50) if b * MB <= total // 2] or [total // 2]  # a small run: one half
+    left = total - sum(sizes)
+    while left > 0:
+        size = min(left, int(10 ** rng.uniform(4, 7)))  # 10 kB - 10 MB, log-uniform
+        sizes.append(size)
+        left -= size
+    rng.shuffle(sizes)
+    for i, size in enumerate(sizes):
+        with open(out / f"doc-{i:04d}.py", "wb") as f:
+            written = 0
+            while written < size:
+                chunk = rng.choice(sources)[: size - written]
+                f.write(chunk)
+                written += len(chunk)
+    return sizes
+
+
+def _pieces(paths: list[Path], budget: int, piece: int = MB):
+    """Line-aligned pieces of about ``piece`` bytes of the files, up to ``budget`` bytes in all."""
+    taken = 0
+    for path in paths:
+        data = path.read_bytes()
+        start = 0
+        while start < len(data) and taken < budget:
+            end = data.find(b"\n", start + piece)
+            end = len(data) if end < 0 else end + 1
+            yield data[start:end]
+            taken += end - start
+            start = end
+        if taken >= budget:
+            return
+
+
+_sp = None
+
+
+def _init(model: str) -> None:
+    global _sp
+    import sentencepiece as spm
+
+    _sp = spm.SentencePieceProcessor(model_file=model)
+
+
+def _encode(data: bytes) -> tuple[int, int]:
+    return len(_sp.encode(data.decode("utf-8"), out_type=int)), len(data)
+
+
+def raw_rate(paths: list[Path], model: str, sample: int, procs: int) -> dict:
+    t0 = time.time()
+    with multiprocessing.get_context("spawn").Pool(procs, initializer=_init, initargs=(model,)) as pool:
+        t1 = time.time()
+        tokens, read = 0, 0
+        for n, size in pool.imap_unordered(_encode, _pieces(paths, sample), chunksize=4):
+            tokens, read = tokens + n, read + size
+        seconds = time.time() - t1
+    return {"bytes": read, "tokens": tokens, "seconds": round(seconds, 1), "pool_start_s": round(t1 - t0, 1),
+            "tokens_per_s": round(tokens / seconds), "bytes_per_token": round(read / tokens, 3)}
+
+
+class MemorySampler(threading.Thread):
+    """Peak RSS of this process and of the sum over the embedded head's Ray worker processes."""
+
+    def __init__(self, every: float = 1.0):
+        super().__init__(daemon=True)
+        self.every, self.stop, self.driver, self.workers = every, threading.Event(), 0, 0
+
+    def run(self) -> None:
+        import psutil
+
+        from byzer_magic.runtime import cluster
+
+        me = psutil.Process()
+        while not self.stop.is_set():
+            self.driver = max(self.driver, me.memory_info().rss)
+            total = 0
+            for proc in cluster.head_processes():
+                try:
+                    cmd = " ".join(proc.cmdline())
+                    if "default_worker.py" in cmd or proc.name().startswith("ray::"):
+                        total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.workers = max(self.workers, total)
+            self.stop.wait(self.every)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--raw-sample-mb", type=int, default=100)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bm-tokenise-", dir="/tmp"))
+    os.environ["BYZER_MAGIC_HOME"] = str(work / "home")
+    try:
+        run(work, args)
+    finally:
+        from byzer_magic.runtime import cluster
+
+        cluster.stop_local_head()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, args) -> None:
+    from tests.support.tiny import train_sentencepiece
+
+    model = str(train_sentencepiece(work / "tok"))
+    corpus = work / "corpus"
+    corpus.mkdir()
+    t0 = time.time()
+    sizes = make_corpus(corpus, args.size_mb)
+    generate_s = time.time() - t0
+    paths = sorted(corpus.iterdir())
+    procs = os.cpu_count() or 1
+    load0 = os.getloadavg()[0]
+    raw = raw_rate(paths, model, args.raw_sample_mb * MB, procs)
+    print("raw:", raw, flush=True)
+
+    from byzer_magic.runtime import cluster, token_store
+    from byzer_magic.runtime.driver.tokenise import build_store
+    from byzer_magic.runtime.tables import load_text
+
+    t1 = time.time()
+    cluster.connect()
+    head_s = time.time() - t1
+    sampler = MemorySampler()
+    sampler.start()
+    store = work / "store"
+    t2 = time.time()
+    build_store(lambda: load_text(str(corpus), wholetext=True).rename_columns({"value": "text"}), store,
+                tokenizer_path=model, text_column="text", by_partition=False)
+    path_s = time.time() - t2
+    sampler.stop.set()
+    sampler.join()
+    tokens = int(token_store.TokenStore.open(store).offsets[-1])
+    ours = round(tokens / path_s)
+    out = {
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, load average {load0:.1f} before, "
+                   f"{os.getloadavg()[0]:.1f} after",
+        "tokenizer": "SentencePiece BPE, vocab 512 (tests/support/tiny.py train_sentencepiece)",
+        "corpus": {"bytes": sum(sizes), "files": len(sizes), "largest_mb": round(max(sizes) / MB, 1),
+                   "files_over_50mb": sum(s >= 50 * MB for s in sizes), "generate_s": round(generate_s, 1)},
+        "raw_tokenizer": {**raw, "processes": procs},
+        "ours": {"tokens": tokens, "seconds": round(path_s, 1), "tokens_per_s": ours,
+                 "head_start_s": round(head_s, 1)},
+        "ratio": round(ours / raw["tokens_per_s"], 3),
+        "goal_ratio": 0.9,
+        "peak_rss_mb": {"driver": round(sampler.driver / MB), "ray_workers_sum": round(sampler.workers / MB)},
+        "command": "python bench/tokenise.py " + " ".join(sys.argv[1:]),
+    }
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "results" / "tokenise.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
