@@ -365,3 +365,58 @@ def test_the_loaded_tag_is_returned_with_its_state(tmp_path):
     shard(ckpt, 6).write_bytes(b"")
     assert checkpoint.load_newest_intact(FilesEngine(), ckpt, say=lambda _: None) == ("global_step3", {"step": 3})
     assert checkpoint.load_newest_intact(FilesEngine(), tmp_path / "none") == (None, None)
+
+
+def _zero2_ranks(rank: int, store: str, ckpt: str, out: str) -> None:
+    import json
+
+    import deepspeed
+    import torch
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29535", RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2},
+              "zero_allow_untested_optimizer": True,
+              "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
+
+    def engine(seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(64, 64)
+        return deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)[0]
+
+    ckpt_dir, first = Path(ckpt), engine(0)
+    weights = {}
+    for step in (1, 2):
+        first.backward(first(torch.full((1, 64), float(rank + step))).sum())
+        first.step()
+        checkpoint.save(first, ckpt_dir, step, {"step": step}, keep=3, good=True)
+        weights[step] = [p.detach().clone() for p in first.module.parameters()]
+    files = sorted(checkpoint.read_manifest(ckpt_dir / "global_step2")["files"])
+    dist.barrier()
+    if rank == 0:
+        shard_file = next(n for n in files if "optim_states" in n and "rank_1" in n)
+        path = ckpt_dir / "global_step2" / shard_file
+        path.write_bytes(b"\0" * path.stat().st_size)  # same size, other content
+    dist.barrier()
+    fresh = engine(1)
+    tag, state = checkpoint.load_newest_intact(fresh, ckpt_dir, say=lambda _: None)
+    same = all(torch.equal(a, b) for a, b in zip(fresh.module.parameters(), weights[1]))
+    Path(out, f"z{rank}.json").write_text(json.dumps({"files": files, "tag": tag, "state": state, "same": same}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes that import DeepSpeed: minutes on a busy 2-core machine
+def test_zero2_on_two_ranks_falls_back_past_a_damaged_shard(tmp_path):
+    """Real DeepSpeed ZeRO-2 on two gloo processes: each rank's optimizer shard is in the manifest; a shard
+    changed in place is found by the rank that verifies it, and both ranks load the previous checkpoint."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_zero2_ranks, args=(str(tmp_path / "store3"), str(tmp_path / "ck"), str(tmp_path)),
+                       nprocs=2, start_method="spawn")
+    ranks = [json.loads((tmp_path / f"z{r}.json").read_text()) for r in (0, 1)]
+    assert sum("optim_states" in n for n in ranks[0]["files"]) == 2 and ranks[0]["files"] == ranks[1]["files"]
+    assert [(r["tag"], r["state"]["step"], r["same"]) for r in ranks] == [("global_step1", 1, True)] * 2
