@@ -164,6 +164,7 @@ def _head_env() -> dict[str, str]:
     env.setdefault("TORCH_EXTENSIONS_DIR", str(state_dir() / "torch_extensions"))
     env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     env.setdefault("NCCL_NVLS_ENABLE", "0")
+    env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "180")  # Ray's 60 s: too short on a busy laptop
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # see _dial: the head listens on the loopback only
     env.pop("RAY_ADDRESS", None)
     return env

@@ -129,10 +129,39 @@ def connect(address: str, dial) -> tuple[str, str]:
         if not url:
             raise ByzerError(f"the Ray cluster at {target} has no dashboard: jobs are submitted through its "
                              f"Jobs API (start the head with ray[default] and --include-dashboard=true)")
-        url = url if url.startswith("http") else f"http://{url}"
-        scheme, _, rest = url.partition("://")
-        dash_host, _, port = rest.rstrip("/").rpartition(":")
-        if dash_host in ("127.0.0.1", "localhost", "0.0.0.0") and parsed.host not in ("127.0.0.1", "localhost"):
-            url = f"{scheme}://{parsed.host}:{port}"
-        dashboard = url
+        dashboard = _reachable_dashboard(url if url.startswith("http") else f"http://{url}", parsed.host)
     return target, dashboard.rstrip("/")
+
+
+def _answers(url: str) -> bool:
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/api/version", headers=_auth_headers()),
+                                    timeout=5) as response:
+            return response.status == 200
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise ByzerError(f"the Ray dashboard at {url} refused this kernel ({err.code}: it uses token "
+                             f"authentication): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) "
+                             f"in the kernel's environment") from None
+        return False
+    except OSError:
+        return False
+
+
+def _reachable_dashboard(url: str, head_host: str) -> str:
+    """The dashboard URL the cluster reports, as this kernel reaches it: a head's loopback address is
+    tried as it is (the kernel may run on the head) and then at the host the kernel dialled."""
+    scheme, _, rest = url.rstrip("/").partition("://")
+    host, _, port = rest.rpartition(":")
+    tries = [url.rstrip("/")]
+    if host in ("127.0.0.1", "localhost", "0.0.0.0") and head_host not in ("127.0.0.1", "localhost"):
+        tries.append(f"{scheme}://{head_host}:{port}")
+    for candidate in tries:
+        if _answers(candidate):
+            return candidate
+    raise ByzerError(f"the Ray cluster's dashboard ({url}) does not answer from here: jobs are submitted through "
+                     f"it. Start the head with --dashboard-host=0.0.0.0, or give its reachable address: "
+                     f"http://<head>:{port or 8265}")
