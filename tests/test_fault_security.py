@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from byzer_magic.errors import ByzerError
+from byzer_magic.runtime.spec import JobSection
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
@@ -65,7 +66,7 @@ def test_job_folder_reaches_the_entrypoint_as_one_quoted_argument(ray_cluster, t
     job_dir.mkdir(parents=True)
     submission_id = f"quoting-{uuid.uuid4().hex[:8]}"
     info = cluster.connect()
-    ray_job.submit_ray_job({"job_dir": str(job_dir), "submission_id": submission_id, "name": submission_id},
+    ray_job.submit_ray_job(JobSection(job_dir=str(job_dir), submission_id=submission_id, name=submission_id),
                            info)
     client = JobSubmissionClient(info.dashboard_url)
     deadline = time.time() + 300
@@ -143,14 +144,14 @@ def test_secrets_never_reach_the_jobs_api(ray_cluster, byzer_home, tmp_path, mon
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     job_dir = tmp_path / "job-secret"
     job_dir.mkdir(mode=0o700)
-    entrypoint, runtime_env = ray_job.runtime_env_for({"job_dir": str(job_dir)}, cluster.connect())
+    entrypoint, runtime_env = ray_job.runtime_env_for(str(job_dir), cluster.connect())
     secrets_file = job_dir / job_env.SECRETS_FILE
     assert (secrets_file.stat().st_mode & 0o777) == 0o600 and json.loads(secrets_file.read_text()) == values
     secrets_file.unlink()
 
     submission_id = f"secrets-{uuid.uuid4().hex[:8]}"
     info = cluster.connect()
-    ray_job.submit_ray_job({"job_dir": str(job_dir), "submission_id": submission_id, "name": submission_id}, info)
+    ray_job.submit_ray_job(JobSection(job_dir=str(job_dir), submission_id=submission_id, name=submission_id), info)
     client = JobSubmissionClient(info.dashboard_url)
     deadline = time.time() + 300
     while not client.get_job_status(submission_id).is_terminal():

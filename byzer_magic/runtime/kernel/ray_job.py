@@ -17,9 +17,10 @@ import time
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime import cluster, job_env
 from byzer_magic.runtime.kernel.jobs import METADATA_KEY
+from byzer_magic.runtime.spec import JobSection
 
 
-def runtime_env_for(spec: dict, info: cluster.ClusterInfo) -> tuple[str, dict]:
+def runtime_env_for(job_dir: str, info: cluster.ClusterInfo) -> tuple[str, dict]:
     """The job's entrypoint and runtime_env; writes its secrets file. Runs the pre-flight check on a
     cluster byzer-magic did not start (a ByzerError names each node that cannot use the job folder)."""
     env, secrets = job_env.split_env()
@@ -31,34 +32,35 @@ def runtime_env_for(spec: dict, info: cluster.ClusterInfo) -> tuple[str, dict]:
     if not info.embedded:
         from byzer_magic.runtime import preflight, remote  # noqa: PLC0415
 
-        reports = preflight.check_nodes(spec["job_dir"])
+        reports = preflight.check_nodes(job_dir)
         runtime_env.update(remote.kernel_runtime_env())
         missing = preflight.missing_requirements(reports)
         if missing:
             runtime_env["pip"] = missing
         python = "python"  # the node's own (or, with pip, the job's virtualenv's)
-    job_env.write_secrets(spec["job_dir"], secrets)
-    entrypoint = f"{shlex.quote(python)} -m byzer_magic.runtime.job_env {shlex.quote(spec['job_dir'])}"
+    job_env.write_secrets(job_dir, secrets)
+    entrypoint = f"{shlex.quote(python)} -m byzer_magic.runtime.job_env {shlex.quote(job_dir)}"
     return entrypoint, runtime_env
 
 
-def submit_ray_job(spec: dict, info: cluster.ClusterInfo) -> None:
+def submit_ray_job(job: JobSection, info: cluster.ClusterInfo) -> None:
+    """Submit the job's driver (``job.submission_id``) to the cluster's Jobs API."""
     from ray.job_submission import JobSubmissionClient  # noqa: PLC0415
 
-    entrypoint, runtime_env = runtime_env_for(spec, info)
+    entrypoint, runtime_env = runtime_env_for(job.job_dir, info)
     client = JobSubmissionClient(info.dashboard_url)
     deadline = time.time() + 90
     while True:
         try:
             client.submit_job(
-                entrypoint=entrypoint, submission_id=spec["submission_id"],
-                metadata={METADATA_KEY: "1", "name": spec["name"], "job_dir": spec["job_dir"]},
+                entrypoint=entrypoint, submission_id=job.submission_id,
+                metadata={METADATA_KEY: "1", "name": job.name, "job_dir": job.job_dir},
                 runtime_env=runtime_env)
             return
         except RuntimeError as err:
             # A head that has just started has no job agent for a few seconds.
             if "No available agent" not in str(err) or time.time() > deadline:
                 if "already exists" in str(err):
-                    raise ByzerError(f"the cluster already has a job named {spec['submission_id']!r}") from None
+                    raise ByzerError(f"the cluster already has a job named {job.submission_id!r}") from None
                 raise
             time.sleep(2)

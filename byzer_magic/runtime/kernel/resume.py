@@ -55,7 +55,7 @@ def resume(name: str, *, local_path_prefix: str | None = None, train_args: dict 
         try:
             handle.files.write_json("job.json", spec.to_json())
             (job_dir / "plan.json").unlink(missing_ok=True)  # re-planned with the overrides
-            submit_ray_job(asdict(spec.job), info)
+            submit_ray_job(spec.job, info)
         except BaseException:
             release_claim(job_dir, spec.job.submission_id)
             raise

@@ -11,7 +11,7 @@ import glob
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -208,7 +208,7 @@ class DeepSpeedTrain:
                                       get_model_file=get_model_file)
                 spec.deepspeed.max_micro_batch = max_micro
                 files.write_json("job.json", spec.to_json())
-                submit_ray_job(asdict(spec.job), info)
+                submit_ray_job(spec.job, info)
             except BaseException:
                 release_claim(job_dir, name)
                 if not (job_dir / "job.json").exists():
