@@ -51,10 +51,10 @@ def load_csv(path: str, *, header: bool = False, delimiter: str = ",", encoding:
     names = _column_names(files, header, parse, encoding)
     read = pacsv.ReadOptions(column_names=names, skip_rows=1 if header else 0, encoding=encoding)
     convert = None if infer_schema else pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
-    args = {"read_options": read, "parse_options": parse}
+    options = {"read_options": read, "parse_options": parse}
     if convert is not None:
-        args["convert_options"] = convert
-    ds = ray.data.read_csv(files.paths, filesystem=files.filesystem, file_extensions=None, **args)
+        options["convert_options"] = convert
+    ds = ray.data.read_csv(files.paths, filesystem=files.filesystem, file_extensions=None, **options)
     if not infer_schema:
         remember_schema(ds, pa.schema([(n, pa.string()) for n in names]))
     return ds
