@@ -276,14 +276,6 @@ def _unresponsive(info: ClusterInfo, record: dict, gcs_pid: int, patience: float
             f"from its last checkpoint with %byzerllm resume NAME).")
 
 
-def head_was_lost() -> bool:
-    """True when a head was recorded but no longer answers (it died or the machine restarted)."""
-    try:
-        return _read_record() is not None and recorded_head() is None
-    except ByzerError:  # alive, only unresponsive
-        return False
-
-
 def connect(address: str | None = None, num_cpus: int | None = None) -> ClusterInfo:
     """Connect this process to Ray: the cluster at ``address`` (or ``RAY_ADDRESS``, or the one this
     process connected to last; see runtime/remote.py for the forms), else the embedded head, started
