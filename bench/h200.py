@@ -139,6 +139,7 @@ def run_path(path: str, tiny: bool, log, timeout: float) -> dict:
     result = None
     for line in proc.stdout:
         log.write(f"[{path}] {line}")
+        log.flush()  # a run cut off by the device's time limit keeps every line so far
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT "):])
     proc.wait()
