@@ -32,11 +32,12 @@ class FilesEngine:
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group(tmp_path_factory):
+    # Kept for the rest of the process (tests/test_health.py shares it): DeepSpeed keeps the first group
+    # it saw, and a destroyed one would break its next engine.
     if not dist.is_initialized():
         store = tmp_path_factory.mktemp("pg") / "store"
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     yield
-    dist.destroy_process_group()
 
 
 def save(ckpt: Path, step: int, keep: int = 2) -> None:
