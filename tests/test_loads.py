@@ -79,7 +79,7 @@ def test_csv_header_delimiter_and_types(byzer, data):
     assert list(typed["count"]) == [1, 2]
     plain = byzer(f'load csv.`{data}/plain.tsv` where delimiter="\\t" as p;\n'
                   "select concat(_c0, ':', _c1) as text from p as q;")
-    assert list(plain["text"]) == ["1:one", "2:two", "3:three"]
+    assert sorted(plain["text"]) == ["1:one", "2:two", "3:three"]  # no order without an order by
 
 
 @pytest.mark.parametrize("cell, at, message", [

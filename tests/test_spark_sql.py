@@ -66,7 +66,7 @@ def test_positions_map_back_through_the_translation():
 def test_strings_escapes_and_filters(byzer, sft):
     frame = byzer('select concat(instruction, "\\n", output) as text, \'it\\\'s\' as q from sft '
                   'where lang = "en" as t;')
-    assert list(frame["text"]) == ["Say hi\nhi", "Count\n1 2 3"]  # a real newline, not backslash-n
+    assert sorted(frame["text"]) == ["Count\n1 2 3", "Say hi\nhi"]  # a real newline, not backslash-n
     assert set(frame["q"]) == {"it's"}
 
 
@@ -74,13 +74,12 @@ def test_spark_functions(byzer, sft):
     frame = byzer("select substring_index(get_json_object(meta, '$.source.name'), '/', -1) as name,\n"
                   "  substring_index(get_json_object(meta, '$.source.name'), '/', 1) as top\n"
                   "from sft as names;")
-    assert list(frame["name"]) == ["c.txt", "e.txt", "f.txt"]
-    assert list(frame["top"]) == ["a", "d", "f.txt"]
+    assert sorted(zip(frame["name"], frame["top"])) == [("c.txt", "a"), ("e.txt", "d"), ("f.txt", "f.txt")]
     words = byzer("select explode(split(tags, ' ')) as word from sft where tags != '' as words;")
-    assert list(words["word"]) == ["x", "y", "z", "p", "q"]
+    assert sorted(words["word"]) == ["p", "q", "x", "y", "z"]
     counted = byzer("select lang, count(*) as n, collect_list(output) as outs from sft group by lang "
                     "order by lang as by_lang;")
-    assert list(counted["n"]) == [2, 1] and list(counted["outs"][0]) == ["hi", "1 2 3"]
+    assert list(counted["n"]) == [2, 1] and sorted(counted["outs"][0]) == ["1 2 3", "hi"]
 
 
 def test_error_inside_a_translated_select_points_at_the_users_text(byzer, sft):
