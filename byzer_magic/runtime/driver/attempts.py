@@ -124,8 +124,8 @@ def _raised_by_training(failure: BaseException) -> BaseException | None:
     import ray.exceptions  # noqa: PLC0415
 
     base = getattr(failure, "_base_exc", None)
-    if base is not None:
-        return base
+    if base is not None or type(failure).__name__ == "UserExceptionWithTraceback":
+        return base if base is not None else failure
     if isinstance(failure, ray.exceptions.RayTaskError) and not isinstance(failure, ray.exceptions.RayActorError):
         return failure.cause or failure
     return None

@@ -209,12 +209,13 @@ class DeepSpeedTrain:
                 spec.deepspeed.max_micro_batch = max_micro
                 files.write_json("job.json", spec.to_json())
                 submit_ray_job(spec.job, info)
-            except BaseException:
+            except BaseException as err:
                 release_claim(job_dir, name)
-                if not (job_dir / "job.json").exists():
+                # Nothing was started (the Jobs API or a node's pre-flight refused it): leave no half job.
+                if isinstance(err, ByzerError) or not (job_dir / "job.json").exists():
                     import shutil  # noqa: PLC0415
 
-                    shutil.rmtree(job_dir, ignore_errors=True)  # nothing was started: leave no half job
+                    shutil.rmtree(job_dir, ignore_errors=True)
                 raise
         return JobHandle(name, job_dir)
 

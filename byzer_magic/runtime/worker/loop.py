@@ -16,12 +16,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from byzer_magic.errors import ByzerError
+from byzer_magic.errors import ByzerError, DeterministicFailure
 from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.spec import JobLayout, JobSpec
 from byzer_magic.runtime.worker import checkpoint, speed
 from byzer_magic.runtime.worker.data import WorkerData
 from byzer_magic.runtime.worker.evaluate import evaluate
+from byzer_magic.runtime.worker.health import record_failure
 from byzer_magic.runtime.worker.step_log import StepLog
 
 
@@ -39,10 +40,20 @@ class TrainState:
 
 
 def train_loop(config: dict) -> None:
+    files = JobFiles(config["job_dir"])
+    spec = JobSpec.from_json(files.read_json("job.json"))
+    try:
+        _train(spec, JobLayout.from_json(files.read_json("plan.json")), files)
+    except DeterministicFailure as err:  # the driver reads it and does not restart (driver/attempts.py)
+        import ray.train  # noqa: PLC0415
+
+        record_failure(files.root, spec.job.submission_id, err, rank=ray.train.get_context().get_world_rank())
+        raise
+
+
+def _train(spec: JobSpec, layout: JobLayout, files: JobFiles) -> None:
     import ray.train  # noqa: PLC0415
 
-    files = JobFiles(config["job_dir"])
-    spec, layout = JobSpec.from_json(files.read_json("job.json")), JobLayout.from_json(files.read_json("plan.json"))
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     _start_worker(spec, files, rank)
