@@ -64,6 +64,9 @@ def _lark(sql_dialect: str = "spark") -> Lark:
     return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, edit_terminals=edit)
 
 
+MAX_CELL_NESTING = 256  # (, [ and { open at once anywhere in a cell, strings included
+
+
 def parse_cell(text: str, sql_dialect: str = "spark") -> list[Statement]:
     """The statements of a cell, in order; ``[]`` for an empty cell or one of only comments.
     ``sql_dialect`` (``"spark"`` or ``"duckdb"``) decides how a select's strings are lexed."""
@@ -72,6 +75,7 @@ def parse_cell(text: str, sql_dialect: str = "spark") -> list[Statement]:
                          f"dialects: {', '.join(SQL_DIALECTS)}")
     cell = _Cell(text)
     cell.check_characters()
+    cell.check_nesting()
     tree = _parse_tree(cell, sql_dialect)
     return [_build(cell, child) for child in tree.children if isinstance(child, Tree)]
 
@@ -89,6 +93,17 @@ class _Cell:
 
     def span(self, line: int, column: int) -> Span:
         return Span(line, column, self.line_text(line))
+
+    def check_nesting(self, limit: int = MAX_CELL_NESTING) -> None:
+        """Brackets nested deeper than ``limit`` are refused before the grammar sees them: parsing them
+        costs time that grows with the square of the depth (100,000 would hold the kernel for minutes)."""
+        depth = 0
+        for line_no, line in enumerate(self.lines, 1):
+            for column, ch in enumerate(line, 1):
+                depth += (ch in "([{") - (ch in ")]}")
+                if depth > limit:
+                    raise ByzerError(f"brackets nest more than {limit} deep", line=line_no, column=column,
+                                     source_line=self.line_text(line_no))
 
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) of a character offset."""

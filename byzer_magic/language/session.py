@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from byzer_magic.errors import ByzerError, did_you_mean
+from byzer_magic.errors import MAX_PARTITIONS, ByzerError, check_count, did_you_mean
 from byzer_magic.language import values
 from byzer_magic.language.values import at as _at, find as _find
 from byzer_magic.language.statements import (LoadStatement, Option, RunStatement, SelectStatement,
@@ -205,6 +205,10 @@ class Session:
         if not st.alias:
             raise ByzerError("TableRepartition needs `as NAME` to name its result")
         n = values.positive(options["partitionNum"], int)
+        try:  # a count past the bound would hold the kernel for minutes before failing
+            check_count("partitionNum", n, high=MAX_PARTITIONS)
+        except ByzerError as err:
+            raise values.at(err, options["partitionNum"].span) from None
         cols_option = options.get("partitionCols")
         cols = [c.strip() for c in cols_option.value.split(",") if c.strip()] if cols_option else None
         try:
