@@ -1,4 +1,4 @@
-"""The parameters of ``run command as LLM.`` where ...``: spec section 3, validated and mapped onto the
+"""The parameters of ``run command as LLM.`` where ...`` (docs/LANGUAGE.md), validated and mapped onto the
 runtime's ``ParallelConfig``/``TrainArgs``, in the kernel, before anything connects to Ray.
 
 Every option is checked against the list below (an unknown or misspelt one is an error with a "did you
@@ -281,8 +281,3 @@ def parse_llm_options(options: tuple[Option, ...], *, setup: dict, tables: dict,
             raise (_fail(where, err.message) if where else err.located(statement="run command as LLM")) from None
     return LLMRun(config=config, detached=detached, resume=resume, dry_run=dry_run, extra=extra)
 
-
-def valid_parameter_names() -> list[str]:
-    """All keys the form and the docs offer (plain parameters and the sfft ones)."""
-    sfft = [f"sfft.{t.__name__}.{k}" for k, t in {**TrainArgs.field_types(), **_EXTRA_SFFT}.items()]
-    return list(PARAMETERS) + sfft

@@ -1,4 +1,4 @@
-"""Parse a ``%%byzerllm`` cell into statements (see ``grammar.lark`` and spec section 2).
+"""Parse a ``%%byzerllm`` cell into statements (see ``grammar.lark`` and docs/LANGUAGE.md).
 
 ``parse_cell(text)`` returns the statements of ``statements.py``; a syntax error is a ``ByzerError``
 with the statement, line, column and a plain-words message.

@@ -1,4 +1,4 @@
-"""``ConfigForm``: every parameter of ``run command as LLM`` (spec section 3), ``num_gpus`` and the
+"""``ConfigForm``: every parameter of ``run command as LLM`` (docs/LANGUAGE.md), ``num_gpus`` and the
 DeepSpeed basics, as a form whose ``to_cell_text()`` is the equivalent ``%%byzerllm`` cell.
 
 Only values that differ from the defaults are written, so the cell reads like one a user would write.
