@@ -37,6 +37,23 @@ def ray_cluster(byzer_home):
         cluster.stop_local_head()
 
 
+@pytest.fixture(scope="session")
+def gloo_group(tmp_path_factory):
+    """One single-process gloo group for every in-process DeepSpeed engine of the session, never
+    destroyed: DeepSpeed caches the groups of the first process group it sees (a later engine on a
+    new group fails with "Group ... is not registered")."""
+    import deepspeed
+    import torch.distributed as dist
+
+    # As the workers do on the CPU: no JIT build of DeepSpeed's shared-memory all-reduce (about 60 s).
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    if not dist.is_initialized():
+        store = tmp_path_factory.mktemp("gloo") / "store"
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+
+
 @pytest.fixture
 def shell(ray_cluster):
     """A real IPython shell with byzer_magic loaded; each test gets a fresh Byzer session."""

@@ -17,28 +17,8 @@ from byzer_magic.runtime.spec import JobSection, JobSpec, ModelSection
 from tests.support.tiny import tiny_model_config
 
 
-@pytest.fixture(scope="module")
-def gloo(tmp_path_factory):
-    """One process group for the module: DeepSpeed keeps groups of the first one it saw."""
-    import os
-
-    import deepspeed
-    import torch.distributed as dist
-
-    # As the workers do on the CPU: no JIT build of DeepSpeed's shared-memory all-reduce (about 60 s).
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    created = not dist.is_initialized()
-    if created:
-        store = tmp_path_factory.mktemp("gloo") / "store"
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
-    if created:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("stage", [0, 2])
-def test_each_checkpoint_exports_its_own_weights(gloo, tmp_path, stage, capfd):
+def test_each_checkpoint_exports_its_own_weights(gloo_group, tmp_path, stage, capfd):
     import deepspeed
     from transformers import AutoModelForCausalLM
 

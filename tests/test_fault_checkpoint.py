@@ -30,14 +30,9 @@ class FilesEngine:
         return load_dir, eval((Path(load_dir) / tag / "mp_rank_00_model_states.pt").read_text())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def process_group(tmp_path_factory):
-    # Kept for the rest of the process (tests/test_health.py shares it): DeepSpeed keeps the first group
-    # it saw, and a destroyed one would break its next engine.
-    if not dist.is_initialized():
-        store = tmp_path_factory.mktemp("pg") / "store"
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
+@pytest.fixture(autouse=True)
+def _group(gloo_group):
+    """The session's one gloo group (tests/conftest.py)."""
 
 
 def save(ckpt: Path, step: int, keep: int = 2) -> None:
@@ -236,8 +231,6 @@ def _engine(seed: int):
     import deepspeed
     import torch
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # as worker/loop.py does on the CPU
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     torch.manual_seed(seed)
     model = torch.nn.Linear(512, 512)  # ~1 MiB of weights, ~3 MiB with AdamW's state: one checkpoint fits
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config={

@@ -66,18 +66,11 @@ def test_the_failure_is_recorded_for_the_driver(tmp_path):
     assert health.recorded_failure(tmp_path, "job-r2") is None  # another attempt's record is not this one's
 
 
-def test_a_real_deepspeed_fp32_engine_reports_no_skips_and_the_guard_catches_its_nan(tmp_path):
-    """A one-process gloo group, DeepSpeed's engine on the CPU: a NaN input makes a NaN loss."""
-    import os
-
+def test_a_real_deepspeed_fp32_engine_reports_no_skips_and_the_guard_catches_its_nan(gloo_group):
+    """The session's one-process gloo group, DeepSpeed's engine on the CPU: a NaN input makes a NaN loss."""
     import deepspeed
     import torch
-    import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29531", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    # The group stays for later tests in this process: DeepSpeed keeps the first group it saw.
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     model = torch.nn.Linear(4, 1)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config={
         "train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}})

@@ -15,6 +15,7 @@ from byzer_magic.errors import ByzerError
 from byzer_magic.runtime.config import ParallelConfig, TrainArgs
 from byzer_magic.runtime.kernel.plan import GpuInfo, check_launchable, plan_run, step_counts
 from byzer_magic.runtime.kernel.plan_memory import ZeroSetup, activation_bytes, model_shape, model_states_bytes
+from byzer_magic.runtime.shards import split_eval
 from byzer_magic.runtime.tokenizer import load_tokenizer
 from tests.support.tiny import stdlib_text_files, tiny_model_config, train_sentencepiece
 
@@ -33,7 +34,7 @@ def sp_model(tmp_path_factory):
 
 
 def _direct_count(tokenizer_path, texts: list[str]) -> int:
-    return sum(len(ids) + 1 for ids in load_tokenizer(tokenizer_path).encode_batch(texts))  # + 1 eos a document
+    return sum(len(ids) + 1 for ids in load_tokenizer(tokenizer_path).encode_documents(texts))  # + 1 eos a document
 
 
 def _tiny_config(sp_model, **kw) -> ParallelConfig:
@@ -56,7 +57,13 @@ def test_counts_are_exact_on_the_cluster(ray_cluster, sp_model, tmp_path):
     plan = plan_run(_tiny_config(sp_model, train_args={"data_dir": str(tmp_path), "max_length": 128},
                                  ds_config={"gradient_accumulation_steps": 2}), measure=False)
     assert (plan.documents, plan.tokens) == (len(files), expected)
-    assert (plan.sequences, plan.steps_per_epoch, plan.total_steps) == step_counts(expected, 128, 1, 1, 2, None, 1)
+    # eval_ratio 0.01 of 5 documents holds out one (at least one, runtime/shards.py split_eval)
+    assert len(split_eval(len(files), 0.01, TrainArgs().seed)[1]) == 1
+    held_tokens = expected - plan.train_tokens
+    assert held_tokens in {_direct_count(sp_model, [f.read_text()]) for f in files}
+    assert f"({held_tokens:,} held out)" in str(plan)
+    assert (plan.sequences, plan.steps_per_epoch, plan.total_steps) == step_counts(plan.train_tokens, 128, 1, 1, 2,
+                                                                                   None, 1)
     assert not plan.on_gpu and plan.device == "CPU run: memory checked against host RAM"
     assert plan.fits and plan.problems() == []
     check_launchable(plan)
@@ -69,7 +76,7 @@ def test_one_sequence_for_two_workers_is_stopped(ray_cluster, sp_model):
     texts = ["def f(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n", ""]
     tokens = _direct_count(sp_model, texts)
     config = _tiny_config(sp_model, num_workers=2, input_table=ray.data.from_items([{"text": t} for t in texts]),
-                          train_args={"max_length": tokens})  # exactly one sequence
+                          train_args={"max_length": tokens, "eval_ratio": 0.0})  # exactly one sequence
     plan = plan_run(config, measure=False)
     assert (plan.documents, plan.tokens, plan.sequences) == (3, tokens, 1)
     with pytest.raises(ByzerError, match=r"1 sequences of .* too few for 2 worker"):

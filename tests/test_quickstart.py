@@ -30,7 +30,7 @@ def quickstart(ray_cluster, tmp_path_factory):
            "BYZER_DEMO_CHECKPOINT_EVERY": str(EVERY)}
     notebook = execute_notebook(NOTEBOOK, env=env, cwd=root, timeout=1200, save_to=root / "quickstart.ipynb",
                                 store_widget_state=False)
-    jobs = list((root / "demo" / "jobs").iterdir())
+    jobs = [p for p in (root / "demo" / "jobs").iterdir() if p.is_dir()]  # not the hidden .lock files
     assert len(jobs) == 1, jobs
     return {"notebook": notebook, "path": root / "quickstart.ipynb", "job_dir": jobs[0], "root": root}
 

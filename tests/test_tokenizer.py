@@ -113,3 +113,37 @@ def test_errors(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"not a sentencepiece model")
     with pytest.raises(ByzerError, match="cannot read the tokenizer"):
         load_tokenizer(tmp_path / "tokenizer.model")
+
+
+
+def _nfkc_model(out_dir):
+    """SentencePiece's defaults (nmt_nfkc, whitespace runs collapsed), unlike the Llama-style test model."""
+    spm.SentencePieceTrainer.train(input=",".join(str(p) for p in stdlib_text_files(10)),
+                                   model_prefix=str(out_dir / "nfkc"), vocab_size=300, minloglevel=2)
+    return out_dir / "nfkc.model"
+
+
+@pytest.mark.parametrize("shape", ["llama-style", "nmt_nfkc", "hf-folder"])
+def test_long_documents_are_encoded_in_segments_with_the_whole_texts_ids(shape, sp_model, hf_dir, tmp_path):
+    from byzer_magic.runtime import long_documents
+
+    path = {"llama-style": sp_model, "nmt_nfkc": _nfkc_model(tmp_path), "hf-folder": hf_dir}[shape]
+    tok = load_tokenizer(path)
+    assert tok._continuation is not None  # segmenting is exact for all three: it is used
+    long = "".join(TEXTS) * 6
+    segments = long_documents.line_segments(long)
+    assert "".join(segments) == long and len(segments) > 5
+    assert all(len(s) >= long_documents.SEGMENT and s.endswith("\n") for s in segments[:-1])
+    ids = tok.encode_documents(["a", long, "", TEXTS[0]])
+    assert ids == tok.encode_batch(["a", long, "", TEXTS[0]])  # the very ids of whole-text encoding
+
+
+def test_a_tokenizer_that_segments_would_change_encodes_whole(sp_model):
+    from byzer_magic.runtime import long_documents
+
+    def merges_across_lines(texts):  # a stand-in whose ids depend on the text before a line end
+        return [[len(t)] for t in texts]
+
+    assert long_documents.continuation_encoder(merges_across_lines, "tokenizers", None) is None
+    long = "x\n" * long_documents.SEGMENT_FROM
+    assert long_documents.encode_documents([long], merges_across_lines, None) == [[len(long)]]

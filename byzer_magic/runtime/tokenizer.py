@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from byzer_magic.errors import ByzerError
+from byzer_magic.runtime import long_documents
 
 # What a Hugging Face folder may carry for its tokenizer; copied verbatim so the export behaves like the source.
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -22,7 +23,7 @@ _EOS_GUESSES = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>")
 
 
 class Tokenizer:
-    """``encode_batch`` (no special tokens), ``eos_id``, ``bos_id``, ``vocab_size``, ``save``.
+    """``encode_batch`` / ``encode_documents`` (no special tokens), ``eos_id``, ``bos_id``, ``vocab_size``, ``save``.
 
     ``kind`` is ``sentencepiece`` (a .model file), ``tokenizers`` (a tokenizer.json) or ``auto``
     (any other folder, through transformers' AutoTokenizer).
@@ -57,6 +58,15 @@ class Tokenizer:
         if self.kind == "tokenizers":
             return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
         return self.backend(list(texts), add_special_tokens=False)["input_ids"]
+
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        """``encode_batch`` for training documents: long ones in segments where that gives the same ids
+        (runtime/long_documents.py), several times faster with SentencePiece."""
+        return long_documents.encode_documents(texts, self.encode_batch, self._continuation)
+
+    @functools.cached_property  # probed once per process (the object pickles as its path)
+    def _continuation(self):
+        return long_documents.continuation_encoder(self.encode_batch, self.kind, self.backend)
 
     @property
     def vocab_size(self) -> int:

@@ -25,7 +25,7 @@ def tokenize_batch(batch: pa.Table, *, tokenizer_path: str, text_column: str = "
     """Arrow batch of documents -> Arrow batch of token ids (end-of-text appended) and their counts."""
     tok = cached_tokenizer(tokenizer_path)
     texts = [t or "" for t in batch.column(text_column).to_pylist()]
-    ids = [np.asarray(x + [tok.eos_id], dtype=np.int32) for x in tok.encode_batch(texts)]
+    ids = [np.asarray(x + [tok.eos_id], dtype=np.int32) for x in tok.encode_documents(texts)]
     offsets = np.zeros(len(ids) + 1, dtype=np.int32)
     np.cumsum([len(x) for x in ids], out=offsets[1:])
     flat = np.concatenate(ids) if ids else np.empty(0, np.int32)

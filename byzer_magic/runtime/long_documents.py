@@ -1,0 +1,93 @@
+"""Long documents encoded fast, and exactly as a whole-text encoding would.
+
+SentencePiece's time per token grows with the input's length (a 1 MB document encodes about 3x slower
+per token than 4 kB pieces of it, docs/BENCHMARKS.md). A document longer than ``SEGMENT_FROM``
+characters is therefore encoded in segments cut after a line end that a non-space character follows,
+about every ``SEGMENT`` characters, and their ids are joined. That is used only where it gives the same
+ids as encoding the whole text: checked once per tokenizer on the probe texts below, with SentencePiece's
+dummy prefix turned off for the segments after the first when the model adds one (Llama's tokenizers
+do). A tokenizer for which neither is exact encodes every document whole.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+SEGMENT_FROM = 1 << 16  # characters
+SEGMENT = 1 << 14
+Encode = Callable[[list[str]], list[list[int]]]
+
+_BOUNDARY = re.compile(r"\n(?=\S)")
+_PROBES = (
+    "def f(x):\n    return x + 1\nclass A:\n  pass\n\n\nz = [1, 2]  # done\n#!\n",
+    "第一行\n第二行，中文。\nthree  four\n5678 9\n'quoted'\n\"double\"\n(\n)\n",
+    "héllo wörld\n😀 emoji\nTabs\tafter\n\tindented\r\nwindows line\r\n-dash\n_under\n.dot\n",
+)
+
+
+def line_segments(text: str) -> list[str]:
+    """``text`` cut after a line end followed by a non-space character, at or past every ``SEGMENT``
+    characters (whole if it is at most ``SEGMENT_FROM`` long); the segments' concatenation is ``text``."""
+    if len(text) <= SEGMENT_FROM:
+        return [text]
+    out, start = [], 0
+    while start < len(text):
+        found = _BOUNDARY.search(text, start + SEGMENT)
+        end = found.end() if found else len(text)
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+def continuation_encoder(encode: Encode, kind: str, backend) -> Encode | None:
+    """How to encode the segments after a document's first so that the joined ids equal ``encode`` of
+    the whole text, or None when no way is exact for this tokenizer (``kind``/``backend``: runtime/tokenizer.py)."""
+    candidates = [encode]
+    if kind == "sentencepiece":
+        rest = _without_dummy_prefix(backend)
+        if rest is not None:
+            candidates.append(lambda texts: rest.encode(list(texts), out_type=int))
+    for candidate in candidates:
+        if all(_exact_on(probe, encode, candidate) for probe in _PROBES):
+            return candidate
+    return None
+
+
+def encode_documents(texts: list[str], encode: Encode, rest: Encode | None) -> list[list[int]]:
+    """Each text's ids: short ones (and all of them when ``rest`` is None) in one ``encode`` call, long
+    ones as their first segment by ``encode`` and the others by ``rest``, joined."""
+    if rest is None or all(len(t) <= SEGMENT_FROM for t in texts):
+        return encode(texts)
+    firsts, later, owners = [], [], []
+    for doc, text in enumerate(texts):
+        head, *tail = line_segments(text)
+        firsts.append(head)
+        later.extend(tail)
+        owners.extend([doc] * len(tail))
+    ids = encode(firsts)
+    for doc, segment_ids in zip(owners, rest(later) if later else []):
+        ids[doc].extend(segment_ids)
+    return ids
+
+
+def _exact_on(probe: str, encode: Encode, rest: Encode) -> bool:
+    whole = encode([probe])[0]
+    cuts = [m.end() for m in _BOUNDARY.finditer(probe)]
+    pieces = [probe[a:b] for a, b in zip([0] + cuts, cuts + [len(probe)]) if b > a]
+    if len(pieces) < 2:
+        return True
+    joined = encode(pieces[:1])[0] + [i for ids in rest(pieces[1:]) for i in ids]
+    return joined == whole
+
+
+def _without_dummy_prefix(processor):
+    """A copy of a SentencePiece processor that does not add its dummy prefix (None if it adds none)."""
+    import sentencepiece  # noqa: PLC0415
+    from sentencepiece import sentencepiece_model_pb2  # noqa: PLC0415
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(processor.serialized_model_proto())
+    if not model.normalizer_spec.add_dummy_prefix:
+        return None
+    model.normalizer_spec.add_dummy_prefix = False
+    return sentencepiece.SentencePieceProcessor(model_proto=model.SerializeToString())
