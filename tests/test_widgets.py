@@ -3,9 +3,11 @@ MetricsWriter), the loss plot, the jobs table, the config form's round trip thro
 (a property test), and the TensorBoard frame's URL."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +21,8 @@ from byzer_magic.runtime.kernel.jobs import JobHandle
 from byzer_magic.runtime.worker.metrics import MetricsWriter
 from byzer_magic.widgets import (ConfigForm, JobMonitor, LossPlot, frame_url, jobs_table, loss_svg,
                                  tensorboard_frame)
-from byzer_magic.widgets.form import DS_DEFAULTS, RUN_PARAMETERS
+from byzer_magic.widgets.form import DS_DEFAULTS, SETUP_FIELDS, run_parameters
+from byzer_magic.widgets.form_fields import NOT_FIELDS, SAME_AS, OptionalValue, int_bounds
 from byzer_magic.widgets.loss_plot import smooth
 from byzer_magic.widgets.tensorboard_frame import jupyter_base_url
 from tests.support.jobs import write_job_folder
@@ -221,22 +224,59 @@ TABLES = ["finalTrainData", "t2"]
 text_values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 
 
+def _visible_text(draw, field):
+    """A text the language takes for ``field`` (visible characters, the field's own check), else ""."""
+    from byzer_magic.errors import ByzerError, check_visible
+    from byzer_magic.runtime.spec import check_value, sfft_fields
+
+    # report_to: trackers that need no package nor key (mlflow and wandb depend on the machine)
+    text = draw(st.one_of(st.just(""), st.just(field.default), text_values,
+                          st.sampled_from(["${x}", "a\\${b}", "none", "tensorboard"])))
+    try:
+        check_visible(text, what=field.key)
+        if text.strip():
+            check_value(sfft_fields()[field.name][1], text.strip())
+    except ByzerError:
+        return ""
+    return text
+
+
+def _draw_field(draw, field):
+    """A value of a generated training argument within its range (``None``: unset when optional)."""
+    if field.choices:
+        value = st.sampled_from(field.choices)
+    elif field.kind is bool:
+        value = st.booleans()
+    elif field.kind is int:
+        low, high = int_bounds(field)
+        value = st.one_of(st.integers(low, min(high, low + 1000)), st.integers(low, high))
+    elif field.kind is float:
+        value = st.floats(field.low, field.high, allow_nan=False, allow_infinity=False)
+    else:
+        return _visible_text(draw, field)
+    if field.default is not None:
+        value = st.one_of(st.just(field.default), value)
+    return draw(st.one_of(st.none(), value) if field.optional else value)
+
+
 @st.composite
 def form_values(draw):
     values = {}
-    for key, kind, default, _label in RUN_PARAMETERS:
-        if kind == "text":
-            values[key] = draw(st.one_of(st.just(""), text_values, st.sampled_from(["${x}", '\\"\'', "a\\${b}"])))
-        elif kind == "bool":
-            values[key] = draw(st.booleans())
-        elif kind == "model":
-            values[key] = draw(st.sampled_from(["sfft/llama2", "sfft/baichuan"]))
-        elif kind == "table":
+    for field in run_parameters():
+        key = field.key
+        if key.startswith("sfft."):  # generated from runtime/spec.py
+            values[key] = _draw_field(draw, field)
+        elif field.widget == "table":
             values[key] = draw(st.sampled_from([""] + TABLES))
+        elif field.choices:
+            values[key] = draw(st.sampled_from(field.choices))
+        elif field.kind is bool:
+            values[key] = draw(st.booleans())
         else:
-            low = int(kind.split(":")[1])
-            values[key] = draw(st.one_of(st.just(default), st.integers(low, 10**6)))
+            values[key] = draw(st.one_of(st.just(""), text_values, st.sampled_from(["${x}", '\\"\'', "a\\${b}"])))
     values["num_gpus"] = draw(st.integers(1, 512))
+    values["num_cpus_per_worker"] = draw(st.one_of(st.just(1.0), st.floats(0.01, 4096.0)))
+    values["use_gpu"] = draw(st.one_of(st.none(), st.booleans()))
     values["zero_stage"] = draw(st.integers(0, 3))
     values["offload_optimizer"] = draw(st.booleans())
     values["offload_param"] = draw(st.booleans())
@@ -247,6 +287,11 @@ def form_values(draw):
     return values
 
 
+def _option_text(value):
+    return ("true" if value else "false") if isinstance(value, bool) else repr(value) if isinstance(value, float) \
+        else str(value)
+
+
 @settings(max_examples=80, deadline=None, database=None)  # no .hypothesis/ folder in the repo
 @given(form_values())
 def test_form_round_trips_through_the_parser(values):
@@ -255,17 +300,41 @@ def test_form_round_trips_through_the_parser(values):
         form.fields[key].value = value
     statements = parse_cell(form.to_cell_text())
 
-    assert [type(s) for s in statements] == [SetupStatement, SetupStatement, RunStatement]
+    setups = [f"num_gpus={values['num_gpus']}"]
+    if values["num_cpus_per_worker"] != 1.0:
+        setups.append(f"num_cpus_per_worker={values['num_cpus_per_worker']!r}")
+    if values["use_gpu"] is not None:
+        setups.append(f"use_gpu={_option_text(values['use_gpu'])}")
+    assert [type(s) for s in statements] == [SetupStatement] * (1 + len(setups)) + [RunStatement]
+    assert statements[0].value == "sfft" and [s.value for s in statements[1:-1]] == setups
     assert statements[1].value == f"num_gpus={values['num_gpus']}"
-    run = statements[2]
+    from byzer_magic.language.session import Session
+
+    def no_ray():
+        raise AssertionError("a setup does not connect")
+
+    session = Session(connect=no_ray)  # the setups as the session reads them
+    session.run_cell(form.to_cell_text().rsplit("\nrun command as LLM", 1)[0])
+    wanted = {"sfft": True, "num_gpus": values["num_gpus"]}
+    if values["num_cpus_per_worker"] != 1.0:
+        wanted["num_cpus_per_worker"] = values["num_cpus_per_worker"]
+    if values["use_gpu"] is not None:
+        wanted["use_gpu"] = values["use_gpu"]
+    assert session.setup == wanted
+    run = statements[-1]
     assert (run.input, run.transform) == ("command", "LLM")
     parsed = {o.key: interpolate(o.value, {}) for o in run.options}  # `\${` reads back as a literal `${`
 
     expected = {}
-    for key, _kind, default, _label in RUN_PARAMETERS:
+    for field in run_parameters():
+        key, default = field.key, field.default
         value = values[key].strip() if isinstance(values[key], str) else values[key]
+        if value is None or (value == "" and field.kind is str):  # unset: the job's default
+            continue
+        if key == "resume" and not values["name"].strip():  # nothing to resume without a name
+            continue
         if value != default or key == "pretrainedModelType":
-            expected[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            expected[key] = _option_text(value)
     ds_text = parsed.pop("deepspeedConfig", None)
     assert parsed == expected
 
@@ -280,6 +349,87 @@ def test_form_round_trips_through_the_parser(values):
     assert ds.get("gradient_accumulation_steps", 1) == values["gradient_accumulation"]
     precision = {"auto": ("auto", None), "bf16": (True, None), "fp16": (False, True), "fp32": (False, None)}
     assert (ds["bf16"]["enabled"], ds.get("fp16", {}).get("enabled")) == precision[values["precision"]]
+
+    # Every training argument reaches the run the language builds, and the JobSpec built from it. The
+    # statement's own parameters (free text above) are set to a valid input first.
+    from byzer_magic.language.llm_params import parse_llm_options
+    from byzer_magic.runtime.kernel.job_spec import build_job_spec
+    from byzer_magic.runtime.spec import default_of, sfft_fields
+
+    for field in run_parameters():
+        if not field.key.startswith("sfft."):
+            form.fields[field.key].value = field.default
+    form.fields["inputTable"].value = "finalTrainData"
+    run = parse_cell(form.to_cell_text())[-1]
+    llm = parse_llm_options(run.options, setup={"num_gpus": values["num_gpus"]},
+                            tables={"finalTrainData": object()}, interpolate=lambda text, _: interpolate(text, {}))
+    spec = build_job_spec(llm.config, name="j", job_dir=Path("/nonexistent/j"), use_gpu=False,
+                          tokenizer_path=llm.config.train_args.tokenizer_path, cluster_address="", notes=[],
+                          get_model_file=None)
+    config_fields = {f.name for f in dataclasses.fields(config.ParallelConfig)}
+    for field in run_parameters():
+        if not field.key.startswith("sfft."):
+            continue
+        value = values[field.key].strip() if isinstance(values[field.key], str) else values[field.key]
+        want = default_of(sfft_fields()[field.name][1]) if value is None or value == "" else value
+        # Two settings are ParallelConfig's own (the Python API's keywords), the others TrainArgs'.
+        got = getattr(llm.config if field.name in config_fields else llm.config.train_args, field.name)
+        assert got == want, field.key
+        assert getattr(getattr(spec, field.section), field.name) == want, field.key
+
+
+def test_form_offers_every_parameter_the_language_takes():
+    """Statement parameters, setup keys and training arguments: each the language takes has a field, and
+    each field is one the language takes, of its type."""
+    from byzer_magic.language.llm_params import PARAMETERS
+    from byzer_magic.language.session import VALID_SETUP_KEYS
+    from byzer_magic.runtime.spec import kind_of, sfft_fields
+
+    form = ConfigForm(TABLES)
+    statement = {f.key for f in form.run_fields if not f.key.startswith("sfft.")}
+    assert statement | set(NOT_FIELDS) == set(PARAMETERS) and not statement & set(NOT_FIELDS)
+    assert {"resume", "dryRun", "modelConfig", "outputTable"} <= statement
+    assert {f.key for f in SETUP_FIELDS} == set(VALID_SETUP_KEYS)
+    assert all(f.kind is VALID_SETUP_KEYS[f.key][0] for f in SETUP_FIELDS)
+    training = {f.key for f in form.run_fields if f.key.startswith("sfft.")}
+    accepted = {f"sfft.{kind_of(f).__name__}.{name}" for name, (_s, f) in sfft_fields().items()}
+    assert training == accepted - {f"sfft.str.{name}" for name in SAME_AS}
+    assert {"sfft.int.seed", "sfft.float.warmup_ratio", "sfft.int.eval_every", "sfft.int.checkpoint_every"} <= training
+    assert set(form.fields) == {f.key for f in form.run_fields + SETUP_FIELDS} | set(DS_DEFAULTS)
+    for field in form.run_fields:  # a widget that holds the language's range
+        widget = form.fields[field.key]
+        inner = widget.inner if isinstance(widget, OptionalValue) else widget
+        assert isinstance(widget, OptionalValue) == field.optional
+        if field.key.startswith("sfft.") and field.kind is int:
+            assert (inner.min, inner.max) == int_bounds(field) and inner.max <= 2 ** 53 - 1
+            assert field.low is None or inner.min == field.low
+        if field.key.startswith("sfft.") and field.kind is float and field.low is not None:
+            assert inner.min == field.low and inner.max == field.high
+        if field.choices:
+            assert tuple(inner.options) == tuple(field.choices)
+    titles = form.sections.titles
+    assert titles[0] == "run command as LLM" and titles[-1] == "cluster and DeepSpeed"
+    assert {t.split(" ")[0] for t in titles[1:-1]} == {s for s, _f in sfft_fields().values()}
+
+
+def test_form_picks_up_a_new_training_argument(monkeypatch):
+    from dataclasses import make_dataclass
+
+    from byzer_magic.runtime.spec import param, sfft_fields
+    from byzer_magic.widgets import form_fields
+
+    new = make_dataclass("New", [("warmup_steps", "int | None", param(None, "warmup steps", low=0, high=10))])
+    extra = {**sfft_fields(), "warmup_steps": ("training", new.__dataclass_fields__["warmup_steps"])}
+    monkeypatch.setattr(form_fields, "sfft_fields", lambda: extra)
+    form = ConfigForm(TABLES)
+    widget = form.fields["sfft.int.warmup_steps"]
+    assert isinstance(widget, OptionalValue) and widget.value is None
+    assert (widget.inner.min, widget.inner.max) == (0, 10)
+    assert "warmup_steps" not in form.to_cell_text()
+    widget.value = 4
+    assert '`sfft.int.warmup_steps`="4"' in form.to_cell_text()
+    widget.value = None
+    assert "warmup_steps" not in form.to_cell_text()
 
 
 def test_default_form_writes_only_what_is_required_and_launches():

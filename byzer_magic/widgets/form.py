@@ -1,6 +1,8 @@
-"""``ConfigForm``: every parameter of ``run command as LLM`` (docs/LANGUAGE.md), ``num_gpus`` and the
+"""``ConfigForm``: every parameter of ``run command as LLM`` (docs/LANGUAGE.md), the setup keys and the
 DeepSpeed basics, as a form whose ``to_cell_text()`` is the equivalent ``%%byzerllm`` cell.
 
+The training arguments (``sfft.<type>.<name>``) are generated from ``runtime/spec.py``'s ``param`` fields,
+one section each (widgets/form_fields.py), so the form offers what the language takes, with its ranges.
 Only values that differ from the defaults are written, so the cell reads like one a user would write.
 Text values are literal: ``${`` is escaped, so what is typed is what the job gets.
 """
@@ -9,39 +11,20 @@ from __future__ import annotations
 import copy
 import html
 import json
-from dataclasses import fields
 from typing import Callable, Sequence
 
 import ipywidgets as widgets
 
-from byzer_magic.runtime.config import DEFAULT_CONFIG, TrainArgs
+from byzer_magic.runtime.config import DEFAULT_CONFIG
+from byzer_magic.widgets.form_fields import (ALWAYS_WRITTEN, MODEL_TYPES, NOT_FIELDS, SETUP_FIELDS,
+                                             STATEMENT_FIELDS, STYLE, WIDE, FormField, make_widget,
+                                             section_title, training_fields, written)
 from byzer_magic.widgets.static import StaticFallback
 
-MODEL_TYPES = ("sfft/llama2", "sfft/baichuan")
+__all__ = ["ALWAYS_WRITTEN", "DS_DEFAULTS", "MODEL_TYPES", "NOT_FIELDS", "RUN_PARAMETERS", "SETUP_FIELDS",
+           "ConfigForm", "quote", "run_parameters"]
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-_TRAIN_DEFAULTS = {f.name: f.default for f in fields(TrainArgs)}
 _DS = json.loads(DEFAULT_CONFIG)
-
-# (key, kind, default, label); kind: text | bool | int:<min> | model | table
-RUN_PARAMETERS = (
-    ("name", "text", "", "job name (empty: sfft-<user>-<time>)"),
-    ("localPathPrefix", "text", "", "jobs folder (empty: ~/byzer_magic/jobs)"),
-    ("pretrainedModelType", "model", MODEL_TYPES[0], "model type"),
-    ("localModelDir", "text", "", "continue from this model folder (empty: from scratch)"),
-    ("modelConfig", "text", "", "from scratch: the architecture's sizes as JSON"),
-    ("localDataDir", "text", "", "text files folder (instead of an input table)"),
-    ("inputTable", "table", "", "input table (needs a text column)"),
-    ("outputTable", "text", "", "output table for the run's result"),
-    ("detached", "bool", True, "detached: return at once, the job outlives the notebook"),
-    ("keepPartitionNum", "bool", False, "one input partition per worker"),
-    ("sfft.int.max_length", "int:2", _TRAIN_DEFAULTS["max_length"], "tokens per sequence"),
-    ("sfft.int.epoches", "int:1", _TRAIN_DEFAULTS["epoches"], "epochs"),
-    ("sfft.int.steps_per_epoch", "int:0", 0, "steps per epoch (0: one pass over the data)"),
-    ("sfft.str.tokenizer_path", "text", "", "tokenizer (empty: the model folder's)"),
-    ("sfft.bool.setup_nccl_socket_ifname_by_ip", "bool", False, "set NCCL_SOCKET_IFNAME from each node's Ray IP"),
-    ("sfft.int.checkpoint_every", "int:1", _TRAIN_DEFAULTS["checkpoint_every"], "checkpoint every N steps"),
-)
-ALWAYS_WRITTEN = ("pretrainedModelType",)  # required: written even when it is the default
 
 DS_DEFAULTS = {
     "zero_stage": _DS["zero_optimization"]["stage"],
@@ -53,23 +36,33 @@ DS_DEFAULTS = {
     "micro_batch": _DS.get("train_micro_batch_size_per_gpu", 1),
     "gradient_accumulation": _DS.get("gradient_accumulation_steps", 1),
 }
+DS_KEYS = tuple(DS_DEFAULTS)
 _MAX_INT = 2 ** 31 - 1
-_STYLE = {"description_width": "260px"}
-_WIDE = widgets.Layout(width="640px")
+_STYLE, _WIDE = STYLE, WIDE
+
+
+def run_parameters() -> tuple[FormField, ...]:
+    """The ``where`` options of the form, in order: the statement's parameters, then the training
+    arguments of runtime/spec.py (generated, read when called)."""
+    return STATEMENT_FIELDS + training_fields()
+
+
+RUN_PARAMETERS = run_parameters()
 
 
 class ConfigForm(StaticFallback, widgets.VBox):
     """The form. ``tables``: the session's tables, offered as ``inputTable``; ``on_launch(cell_text)``
     runs the cell (the Launch button is disabled without it). ``fields`` maps each parameter
-    (``name``, ``sfft.int.max_length``, ``num_gpus``, ``zero_stage``, ...) to its widget."""
+    (``name``, ``sfft.int.max_length``, ``num_gpus``, ``zero_stage``, ...) to its widget; ``run_fields``
+    and ``setup_fields`` describe the ones written as options and setups."""
 
     def __init__(self, tables: Sequence[str] = (), *, on_launch: Callable[[str], object] | None = None):
         self.on_launch = on_launch
-        self.fields: dict[str, widgets.ValueWidget] = {}
-        for key, kind, default, label in RUN_PARAMETERS:
-            self.fields[key] = _widget(kind, default, f"{label} [{key}]", tables)
-        self.fields["num_gpus"] = widgets.BoundedIntText(1, min=1, max=100_000, description="GPUs (workers) [num_gpus]",
-                                                         style=_STYLE, layout=_WIDE)
+        self.run_fields = run_parameters()
+        self.setup_fields = SETUP_FIELDS
+        self.fields: dict[str, widgets.Widget] = {}
+        for field in self.run_fields + self.setup_fields:
+            self.fields[field.key] = make_widget(field, tables)
         self.fields["zero_stage"] = widgets.Dropdown(options=[0, 1, 2, 3], value=DS_DEFAULTS["zero_stage"],
                                                      description="ZeRO stage", style=_STYLE, layout=_WIDE)
         self.fields["offload_optimizer"] = widgets.Checkbox(False, description="offload optimizer to CPU (ZeRO ≥ 1)",
@@ -88,6 +81,8 @@ class ConfigForm(StaticFallback, widgets.VBox):
             style=_STYLE, layout=_WIDE)
         self.fields["zero_stage"].observe(lambda _: self._fit_offload(), "value")
         self._fit_offload()
+        self.fields["name"].observe(lambda _: self._fit_resume(), "value")
+        self._fit_resume()
 
         self.preview_button = widgets.Button(description="Preview", icon="eye")
         self.launch_button = widgets.Button(description="Launch", icon="play", button_style="primary",
@@ -97,16 +92,30 @@ class ConfigForm(StaticFallback, widgets.VBox):
         self.preview_button.on_click(lambda _: self.show_preview())
         self.launch_button.on_click(lambda _: self.launch())
 
-        def section(title: str, keys: Sequence[str]) -> widgets.VBox:
-            return widgets.VBox([widgets.HTML(f"<b>{title}</b>")] + [self.fields[k] for k in keys])
+        def rows(fields: Sequence[FormField]) -> widgets.VBox:
+            return widgets.VBox([self._row(f) for f in fields])
 
-        run_keys = [k for k, *_ in RUN_PARAMETERS]
-        super().__init__([
-            section("run command as LLM", [k for k in run_keys if not k.startswith("sfft.")]),
-            section("training (sfft.*)", [k for k in run_keys if k.startswith("sfft.")]),
-            section("cluster and DeepSpeed", ["num_gpus", "zero_stage", "offload_optimizer", "offload_param",
-                                              "precision", "lr", "micro_batch", "gradient_accumulation"]),
-            widgets.HBox([self.preview_button, self.launch_button]), self.preview, self.output])
+        sections: dict[str, list[FormField]] = {}
+        for field in self.run_fields:
+            if field.key.startswith("sfft."):
+                sections.setdefault(field.section, []).append(field)
+        titles = ["run command as LLM"] + [section_title(s) for s in sections] + ["cluster and DeepSpeed"]
+        self.sections = widgets.Accordion(
+            children=[rows([f for f in self.run_fields if not f.key.startswith("sfft.")])]
+            + [rows(fields) for fields in sections.values()]
+            + [widgets.VBox([self._row(f) for f in self.setup_fields] + [self.fields[k] for k in DS_KEYS])],
+            titles=tuple(titles), selected_index=0)
+        super().__init__([self.sections, widgets.HBox([self.preview_button, self.launch_button]), self.preview,
+                          self.output])
+
+    def _row(self, field: FormField) -> widgets.Widget:
+        """The field's widget, its help beside it when the label does not say it already."""
+        widget = self.fields[field.key]
+        if not field.key.startswith("sfft.") or not field.help:
+            return widget
+        note = widgets.HTML(f"<small style='line-height:1.2'>{html.escape(field.help)}</small>",
+                            layout=widgets.Layout(width="420px"))
+        return widgets.HBox([widget, note])
 
     def _fit_offload(self) -> None:
         """DeepSpeed offloads the optimizer from ZeRO stage 1 and the parameters only at stage 3."""
@@ -117,10 +126,17 @@ class ConfigForm(StaticFallback, widgets.VBox):
             if box.disabled:
                 box.value = False
 
+    def _fit_resume(self) -> None:
+        """``resume`` continues the job called ``name``: without a name there is nothing to resume."""
+        box = self.fields["resume"]
+        box.disabled = not self.fields["name"].value.strip()
+        if box.disabled:
+            box.value = False
+
     # -- values -------------------------------------------------------------------------------------
 
     def values(self) -> dict:
-        """Every field's value (text stripped)."""
+        """Every field's value (text stripped; ``None``: unset)."""
         return {k: w.value.strip() if isinstance(w.value, str) else w.value for k, w in self.fields.items()}
 
     def options(self) -> dict[str, str]:
@@ -128,10 +144,22 @@ class ConfigForm(StaticFallback, widgets.VBox):
         ``deepspeedConfig`` apart (see ``deepspeed_config``)."""
         values = self.values()
         out = {}
-        for key, _kind, default, _label in RUN_PARAMETERS:
-            value = values[key]
-            if value != default or key in ALWAYS_WRITTEN:
-                out[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        for field in self.run_fields:
+            text = written(field, values[field.key])
+            if field.key == "resume" and not values["name"]:  # a disabled box may still hold True
+                text = None
+            if text is not None:
+                out[field.key] = text
+        return out
+
+    def setups(self) -> dict[str, str]:
+        """The ``!byzerllm setup "key=value"`` values: ``num_gpus`` always, the others when set."""
+        values = self.values()
+        out = {"num_gpus": str(values["num_gpus"])}
+        for field in self.setup_fields[1:]:
+            text = written(field, values[field.key])
+            if text is not None:
+                out[field.key] = text
         return out
 
     def deepspeed_config(self) -> dict:
@@ -166,8 +194,8 @@ class ConfigForm(StaticFallback, widgets.VBox):
 
     def to_cell_text(self) -> str:
         """The ``%%byzerllm`` cell body equivalent to the form."""
-        lines = ["!byzerllm setup sfft;", f'!byzerllm setup "num_gpus={self.fields["num_gpus"].value}";',
-                 "run command as LLM.`` where"]
+        lines = ["!byzerllm setup sfft;"] + [f'!byzerllm setup "{k}={v}";' for k, v in self.setups().items()]
+        lines.append("run command as LLM.`` where")
         options = [f"{_key(k)}={quote(v)}" for k, v in self.options().items()]
         ds = self.deepspeed_config()
         if ds:
@@ -197,20 +225,6 @@ class ConfigForm(StaticFallback, widgets.VBox):
         if self.on_launch is not None:
             with self.output:  # the callback's output and errors land under the form, not nowhere
                 self.on_launch(text)
-
-
-def _widget(kind: str, default, description: str, tables: Sequence[str]) -> widgets.ValueWidget:
-    common = {"description": description, "style": _STYLE, "layout": _WIDE}
-    if kind == "text":
-        return widgets.Text(default, **common)
-    if kind == "bool":
-        return widgets.Checkbox(default, **common)
-    if kind == "model":
-        return widgets.Dropdown(options=MODEL_TYPES, value=default, **common)
-    if kind == "table":
-        return widgets.Dropdown(options=[("(none)", "")] + [(t, t) for t in tables], value="", **common)
-    low = int(kind.split(":")[1])
-    return widgets.BoundedIntText(default, min=low, max=_MAX_INT, **common)
 
 
 def _key(key: str) -> str:
