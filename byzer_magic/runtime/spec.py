@@ -15,19 +15,21 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
-from byzer_magic.errors import ByzerError
+from byzer_magic.errors import ByzerError, did_you_mean
 
 SCHEMA_VERSION = 2
 _KINDS = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-          choices: tuple[str, ...] | None = None) -> Any:
-    """A training argument (``sfft.<type>.<name>``): its default, what it means, and its valid range."""
+          choices: tuple[str, ...] | None = None, check: Callable[[Any], None] | None = None) -> Any:
+    """A training argument (``sfft.<type>.<name>``): its default, what it means, and its valid range
+    (``check``: a function that raises ``ByzerError`` for a value the range cannot describe)."""
     return field(default=default, metadata={"sfft": True, "help": help, "low": low, "high": high,
-                                            "choices": choices})
+                                            "choices": choices, "check": check})
 
 
 def kind_of(f) -> type:
@@ -58,6 +60,8 @@ def check_value(f, value: Any) -> Any:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ByzerError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    if meta.get("check"):
+        meta["check"](value)
     return value
 
 
@@ -157,6 +161,48 @@ class EvalSection(_Checked):
 
 
 @dataclass
+class TrackingSection(_Checked):
+    """Where the metrics go besides ``metrics.jsonl`` (always written: the monitor reads it), rank 0
+    (``worker/metrics.py``, ``worker/trackers.py``). No secret is kept here: an API key or password
+    reaches the job through the kernel's environment (``runtime/job_env.py``)."""
+    report_to: str = param("tensorboard", "where metrics go besides metrics.jsonl: a comma-separated list of "
+                                          "tensorboard, mlflow, wandb, or none", check=lambda v: trackers_of(v))
+    mlflow_tracking_uri: str | None = param(None, "the MLflow tracking server (default: the kernel's "
+                                                  "MLFLOW_TRACKING_URI at submit)", check=lambda v: _no_password(v))
+    mlflow_experiment: str = param("byzer-magic", "the MLflow experiment; the run is named after the job")
+    wandb_project: str = param("byzer-magic", "the W&B project; the run is named after the job")
+    wandb_mode: str = param("offline", "W&B online (needs WANDB_API_KEY) or offline (run files in the job "
+                                       "folder's wandb/, `wandb sync` them)", choices=("offline", "online"))
+
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+def trackers_of(report_to: str) -> tuple[str, ...]:
+    """The trackers ``report_to`` lists (``"none"``: none); ``ByzerError`` naming it otherwise."""
+    items = [item.strip() for item in report_to.split(",")]
+    if items == ["none"]:
+        return ()
+    out: list[str] = []
+    for item in items:
+        if item not in TRACKERS:
+            what = ("none stands alone" if item == "none" else
+                    f"unknown tracker {item!r}{did_you_mean(item, (*TRACKERS, 'none'))}")
+            raise ByzerError(f"report_to: {what}; valid: a comma-separated list of {', '.join(TRACKERS)}, "
+                             f"or none, got {report_to!r}")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _no_password(uri: str) -> None:
+    if urlsplit(uri).password is not None:
+        raise ByzerError("mlflow_tracking_uri holds a password, which job.json would keep: give the URI without "
+                         "it and export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the kernel's "
+                         "environment (they reach the job as secrets)")
+
+
+@dataclass
 class DeepSpeedSection:
     """The user's DeepSpeed config (``deepspeedConfig``), merged over ``DEFAULT_CONFIG`` by the driver."""
     config: dict = field(default_factory=dict)
@@ -165,7 +211,8 @@ class DeepSpeedSection:
 
 SECTIONS: dict[str, type] = {"job": JobSection, "model": ModelSection, "data": DataSection,
                              "training": TrainingSection, "parallel": ParallelSection,
-                             "checkpoint": CheckpointSection, "eval": EvalSection, "deepspeed": DeepSpeedSection}
+                             "checkpoint": CheckpointSection, "eval": EvalSection, "tracking": TrackingSection,
+                             "deepspeed": DeepSpeedSection}
 
 
 @dataclass
@@ -177,6 +224,7 @@ class JobSpec:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     version: int = SCHEMA_VERSION
 
@@ -191,11 +239,12 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, value: dict) -> "JobSpec":
+        """The spec ``to_json`` wrote; a section added since (``tracking``) takes its defaults."""
         version = value.get("version")
         if version != SCHEMA_VERSION:
             raise ByzerError(f"job.json has schema version {version!r}; this byzer-magic reads version "
                              f"{SCHEMA_VERSION}: run the job with the byzer-magic that created it")
-        return cls(**{name: section(**value[name]) for name, section in SECTIONS.items()}, version=version)
+        return cls(**{name: section(**value.get(name, {})) for name, section in SECTIONS.items()}, version=version)
 
 
 def sfft_fields() -> dict[str, Any]:

@@ -28,7 +28,7 @@ class StepLog:
         if rank == 0:
             from byzer_magic.runtime.worker.metrics import MetricsWriter  # noqa: PLC0415
 
-            self.writer = MetricsWriter(files.root, resume_step=resume_step)
+            self.writer = MetricsWriter(files.root, resume_step=resume_step, spec=spec)
 
     def add(self, micro_loss: torch.Tensor) -> None:
         """One micro-batch's loss (the step's loss is their mean)."""
