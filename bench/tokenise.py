@@ -8,7 +8,8 @@ varied sizes (10 kB - 10 MB, plus files of 200, 100 and 50 MB where they fit in 
 temporary folder under /tmp that is deleted at the end. Our path is the driver's: ``tables.load_text(dir,
 wholetext=True)`` renamed to ``text`` (driver/inputs.py's localDataDir) into ``driver/tokenise.build_store``
 on the embedded Ray head. The raw rate: the same SentencePiece model (tests/support/tiny.py) encoding the
-same files in 1 MB line-aligned pieces in a multiprocessing pool of one process per core, on a sample of
+same files in 16 kB line-aligned pieces (its fastest: runtime/long_documents.py) in a multiprocessing
+pool of one process per core, on a sample of
 ``--raw-sample-mb``. Memory: RSS of this process (the driver's role) and the sum over the head's Ray worker
 processes, sampled with psutil every second. Writes bench/results/tokenise.json; docs/BENCHMARKS.md shows it.
 """
@@ -56,7 +57,7 @@ def make_corpus(out: Path, size_mb: int, seed: int = 0) -> list[int]:
     return sizes
 
 
-def _pieces(paths: list[Path], budget: int, piece: int = MB):
+def _pieces(paths: list[Path], budget: int, piece: int = 1 << 14):
     """Line-aligned pieces of about ``piece`` bytes of the files, up to ``budget`` bytes in all."""
     taken = 0
     for path in paths:

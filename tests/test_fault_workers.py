@@ -239,9 +239,13 @@ def _tensorboard_steps(tb_dir: Path) -> list[tuple[int, float]]:
 
 # -- the tests ---------------------------------------------------------------------------------------
 
-def test_stop_through_the_magic_then_resume(byzer, shell, setup, runs, capsys):
-    """%byzerllm stop mid-run frees the job's workers; `resume="true"` continues from the checkpoint,
-    in the same metrics file and TensorBoard run."""
+def test_stop_through_the_magic_then_resume_past_a_damaged_checkpoint(byzer, shell, setup, runs, capsys):
+    """While the job runs, a second `resume="true"` of it is refused, naming the running job. %byzerllm stop
+    mid-run frees the job's workers. The checkpoint it stopped at is then damaged (a shard cut short):
+    `resume="true"` says so and continues from the newest intact checkpoint (or the start when there is
+    none), in the same metrics file and TensorBoard run, every loss equal to the unbroken run's."""
+    from IPython.core.error import UsageError
+
     name = setup.name("stop-resume")
     setup.seed_tokens(name)
     common = f'name="{name}" and localPathPrefix="{setup.jobs}"'
@@ -262,6 +266,8 @@ and `sfft.int.checkpoint_every`="{EVERY}" and `sfft.int.keep_checkpoints`="{KEEP
     freeze(pids.values())
     thawer = threading.Thread(target=thaw_once_ended, args=(handle, list(pids.values())))
     thawer.start()
+    with pytest.raises(UsageError, match=rf"job {name} is still running: stop it first"):
+        byzer(f"""run command as LLM.`` where {common} and resume="true" and detached="true";""")
     capsys.readouterr()
     shell.run_line_magic("byzerllm", f"stop {name}")
     thawer.join()
@@ -270,12 +276,25 @@ and `sfft.int.checkpoint_every`="{EVERY}" and `sfft.int.keep_checkpoints`="{KEEP
     done = handle.metrics()["step"].tolist()
     assert done and done[-1] < STEPS and handle.status() == "STOPPED"
     wait_released(handle, timeout=30)
+    older = sorted((e for e in checkpoint_state(handle.checkpoint_dir)["entries"]
+                    if e.startswith("global_step") and _step(e) < _step(stopped_at)), key=_step)
+    shard = max((p for p in (handle.checkpoint_dir / stopped_at).rglob("*.pt")), key=lambda p: p.stat().st_size)
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)  # a shard cut short, as a full disk or a lost node leaves it
+    fallback = older[-1] if older else None
 
+    capsys.readouterr()
     result = byzer(f"""run command as LLM.`` where {common} and resume="true" and detached="false";""")
+    said = capsys.readouterr().out
     assert result.status == "SUCCEEDED" and result.steps == STEPS
+    assert f"checkpoint {stopped_at} in {handle.checkpoint_dir} is damaged" in said, said
     handle = JobHandle(name, setup.jobs / name)
-    assert handle.spec.job.resumed_from.endswith(stopped_at) and handle.submission_id == f"{name}-r1"
-    assert f"resumed from {handle.checkpoint_dir / stopped_at} at step {_step(stopped_at)}" in handle.logs()
+    assert handle.submission_id == f"{name}-r1"
+    if fallback:
+        assert handle.spec.job.resumed_from.endswith(fallback)
+        assert f"resumed from {handle.checkpoint_dir / fallback} at step {_step(fallback)}" in handle.logs()
+    else:  # the damaged one was the only checkpoint: the job trains again from the start
+        assert handle.spec.job.resumed_from is None
     reference = _result(runs, "unbroken")
     assert reference["status"] == "SUCCEEDED"
     assert_same_losses(result.metrics, reference["metrics"])

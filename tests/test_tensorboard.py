@@ -19,7 +19,7 @@ from byzer_magic.runtime.worker.metrics import MetricsWriter
 
 
 def write_metrics(job_dir, steps, start=1):
-    writer = MetricsWriter(job_dir)
+    writer = MetricsWriter(job_dir, resume_step=start - 1)
     for step in range(start, start + steps):
         writer.log(step, loss=10.0 / step, lr=1e-3, grad_norm=1.0, tokens_per_s=100.0, tokens=64 * step, epoch=0)
     writer.close()
@@ -133,3 +133,17 @@ def test_failed_and_timed_out(job_dir, monkeypatch):
     os.kill(timed_out.pid, signal.SIGKILL)
     assert dead(timed_out.pid)
     assert tensorboard.find(job_dir / "tensorboard") is None
+
+
+def test_a_restart_without_a_checkpoint_rewrites_the_steps_it_trains_again(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from byzer_magic.runtime.worker.metrics import METRICS_FILE, read_metrics
+
+    write_metrics(tmp_path, 5)  # an attempt lost before its first checkpoint
+    write_metrics(tmp_path, 3)  # the next one starts again at step 1
+    assert len((tmp_path / METRICS_FILE).read_text().splitlines()) == 3
+    assert read_metrics(tmp_path)["step"].tolist() == [1, 2, 3]
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]

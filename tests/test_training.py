@@ -114,7 +114,8 @@ and `sfft.bool.setup_nccl_socket_ifname_by_ip`="true"
 and localPathPrefix="{assets['jobs']}" and `sfft.int.max_length`="128";""")
 
 
-def test_python_api_baichuan_from_scratch_zero3(ray_cluster, assets, text_files):
+def test_python_api_baichuan_from_scratch_zero3(ray_cluster, assets, text_files, tmp_path):
+    """... reporting to TensorBoard, MLflow (a SQLite store) and W&B (offline) from the job's rank 0."""
     from byzer_magic import (DEFAULT_CONFIG, BaiChuanConfig, BaiChuanForCausalLM, DeepSpeedTrain,
                              ParallelConfig, TrainArgs)
 
@@ -130,9 +131,17 @@ def test_python_api_baichuan_from_scratch_zero3(ray_cluster, assets, text_files)
         num_workers=2, get_model=get_model, ds_config=ds_config, name="baichuan-from-scratch",
         local_path_prefix=str(assets["jobs"]), setup_nccl_socket_ifname_by_ip=True,
         train_args=TrainArgs(tokenizer_path=str(assets["tokenizer"]), data_dir=str(text_files),
-                             steps_per_epoch=10, max_length=64)))
+                             steps_per_epoch=10, max_length=64, report_to="tensorboard,mlflow,wandb",
+                             mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")))
     result = dst.train()
     assert result.status == "SUCCEEDED" and result.steps == 10
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run((Path(result.model_dir).parent / "mlflow_run_id").read_text().strip())
+    assert run.data.params["max_length"] == "64" and run.info.run_name == "baichuan-from-scratch"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 11))
+    assert list((Path(result.model_dir).parent / "wandb").glob("offline-run-*/run-*.wandb"))
     assert _loss_fell(result.metrics)
     assert json.loads((Path(result.model_dir) / "config.json").read_text())["model_type"] == "baichuan"
     _export_reproduces_final_loss(Path(result.model_dir))

@@ -55,7 +55,7 @@ def loss(step):
 
 
 def log_steps(job_dir, first, last):
-    writer = MetricsWriter(job_dir)
+    writer = MetricsWriter(job_dir, resume_step=first - 1)  # as a worker continuing after step first - 1
     for step in range(first, last + 1):
         writer.log(step, loss=loss(step), lr=1e-3, grad_norm=0.5, tokens_per_s=1234.0, tokens=256 * step, epoch=0,
                    total_steps=TOTAL)

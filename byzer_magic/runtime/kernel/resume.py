@@ -38,7 +38,7 @@ def resume(name: str, *, local_path_prefix: str | None = None, train_args: dict 
         check_free(job_dir)
         before = _batch_shape(spec)
         changed = _apply_overrides(spec, train_args or {}, ds_config)
-        tag = latest_tag(handle.checkpoint_dir)
+        tag = latest_tag(handle.checkpoint_dir, say=print)  # the user is told of a damaged one passed over
         if tag:
             changed += [f"{what} {old} -> {new}" for what, old, new in zip(("micro-batch", "accumulation"), before,
                                                                            _batch_shape(spec)) if old != new]

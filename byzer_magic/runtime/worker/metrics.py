@@ -21,7 +21,8 @@ SCALARS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm
 class MetricsWriter:
     """Rank 0's writer. Appends and flushes each record, so a reader never waits for a buffer and a
     resumed run continues the same file and the same TensorBoard run (``purge_step`` drops the
-    steps after the checkpoint that a failed attempt had already logged). Without ``spec`` it writes
+    steps after the checkpoint that a failed attempt had already logged, all of them when it restarts
+    without a checkpoint). Without ``spec`` it writes
     metrics.jsonl and TensorBoard; with it, what ``spec.tracking.report_to`` lists."""
 
     def __init__(self, job_dir: str | os.PathLike, *, resume_step: int = 0, spec: "JobSpec | None" = None):
@@ -29,7 +30,7 @@ class MetricsWriter:
         from byzer_magic.runtime.worker.trackers import open_trackers  # noqa: PLC0415
 
         self.path = Path(job_dir) / METRICS_FILE
-        if resume_step and self.path.exists():
+        if self.path.exists():  # an earlier attempt's steps after the checkpoint (all of them without one)
             _truncate_after(self.path, resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
@@ -37,7 +38,7 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
 
             self._tb = SummaryWriter(str(Path(job_dir) / "tensorboard"),
-                                     purge_step=resume_step + 1 if resume_step else None)
+                                     purge_step=resume_step + 1)
         self.trackers = open_trackers(spec, job_dir, resume_step=resume_step) if spec is not None else []
 
     def log(self, step: int, **values: float) -> None:
