@@ -49,6 +49,7 @@ CASES = [
     ("and deepspeedConfig='''{\"train_batch_size\": 64}'''", "train_batch_size: 64 disagrees", 6),
     ('and Name="other"', "`Name` is given twice", 6),
     ('and `sfft.str.model_path`="/elsewhere"', "is localModelDir under another name", 6),
+    ('and `sfft.str.report_to`="tensorboard,mlfow"', 'did you mean "mlflow"', 6),
 ]
 
 

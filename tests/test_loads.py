@@ -143,6 +143,13 @@ def test_wholetext_splits_a_big_file_at_line_ends(byzer, data):
     assert sorted(values) == sorted(_expected_pieces(raw, 16 * 1024))
     assert len(values) == -(-len(raw) // (16 * 1024)) and max(map(len, values)) <= 16 * 1024 + 500
     assert {row["file"] for row in ds.iter_rows()} == {str(data / "big.txt")}
+    # A job's small localDataDir is read in its driver (driver/inputs.py): the same rows, in file order.
+    from byzer_magic.runtime.tables.paths import resolve
+    from byzer_magic.runtime.tables.text import read_text_here
+
+    here = [t for table in read_text_here(resolve(f"{data}/big.txt"), wholetext=True, chunk_size=16 * 1024)
+            for t in table.column("value").to_pylist()]
+    assert [t.encode() for t in here] == _expected_pieces(raw, 16 * 1024) and "".join(here).encode() == raw
 
 
 def test_lines_stream_in_pieces(byzer, data):

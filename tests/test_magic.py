@@ -259,13 +259,13 @@ def test_sub_commands_parse_their_arguments(shell, capsys):
     from byzer_magic.runtime import tensorboard
 
     job_dir = _job_folder(shell, "parse-demo")
-    for line in ("tensorboard --keep parse-demo", "tensorboard parse-demo --keep"):
-        frame = shell.run_line_magic("byzerllm", line)  # --keep is an option, never the job's name
-        try:
+    try:  # one server: the second line reuses the first one's
+        for line in ("tensorboard --keep parse-demo", "tensorboard parse-demo --keep"):
+            frame = shell.run_line_magic("byzerllm", line)  # --keep is an option, never the job's name
             assert frame.keep and frame.logdir == str(job_dir / "tensorboard")
             frame.wait(60)
-        finally:
-            tensorboard.stop(job_dir / "tensorboard")
+    finally:
+        tensorboard.stop(job_dir / "tensorboard")
     with pytest.raises(UsageError, match=r"^%byzerllm attach: the following arguments are required: NAME; "
                                          r"usage: %byzerllm attach NAME$"):
         shell.run_line_magic("byzerllm", "attach")

@@ -7,10 +7,15 @@ cannot leave the notebook, such as one built from local Python objects).
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.spec import JobSpec
 
 LINEAGE_FILE = "input.lineage"
+# A localDataDir of at most this many bytes is read and tokenised in the driver itself: starting Ray
+# Data's tasks costs more (about 15-20 s on a 2-core machine) than reading a few megabytes.
+READ_HERE_BYTES = 32 << 20
 
 
 def source_dataset(spec: JobSpec, files: JobFiles):
@@ -27,3 +32,17 @@ def source_dataset(spec: JobSpec, files: JobFiles):
     if spec.data.keep_partition_num:  # one snapshot file per partition, in order: each is tokenised whole
         return sorted(str(p) for p in files.input_dir.glob("part-*.parquet"))
     return ray.data.read_parquet(str(files.input_dir)).select_columns([spec.data.text_column])
+
+
+def small_local_input(spec: JobSpec) -> Iterator | None:
+    """The localDataDir's rows (``text``, ``file``) as Arrow tables read here, when it is small enough
+    (``READ_HERE_BYTES``); else None (``source_dataset`` then reads it with Ray Data)."""
+    if not spec.data.data_dir or spec.data.keep_partition_num:
+        return None
+    from byzer_magic.runtime.tables.paths import resolve  # noqa: PLC0415
+    from byzer_magic.runtime.tables.text import read_text_here  # noqa: PLC0415
+
+    files = resolve(spec.data.data_dir)
+    if sum(files.sizes) > READ_HERE_BYTES:
+        return None
+    return (table.rename_columns([spec.data.text_column, "file"]) for table in read_text_here(files, wholetext=True))

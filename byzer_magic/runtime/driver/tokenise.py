@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -34,11 +34,16 @@ def tokenize_batch(batch: pa.Table, *, tokenizer_path: str, text_column: str = "
 
 
 def build_store(make_dataset: Callable[[], object], store_dir: Path, *, tokenizer_path: str, text_column: str,
-                by_partition: bool) -> int:
+                by_partition: bool, here: Iterable[pa.Table] | None = None) -> int:
     """Tokenise the input (``make_dataset()``, a Ray Dataset) into the store at ``store_dir``, unless it is
-    built already; returns the number of partitions (keepPartitionNum) or 0."""
+    built already; returns the number of partitions (keepPartitionNum) or 0. ``here``: the input's rows
+    as Arrow tables, tokenised in this process instead (a small input: driver/inputs.py)."""
     if token_store.is_built(store_dir):
         return token_store.TokenStore.open(store_dir).partitions
+    if here is not None and not by_partition:
+        vocab = cached_tokenizer(tokenizer_path).vocab_size
+        token_store.write_store(store_dir, _tokenised_here(here, tokenizer_path, text_column), vocab_size=vocab)
+        return 0
     ds = make_dataset()
     cache = store_dir.with_name(store_dir.name + ".parquet")
     shutil.rmtree(cache, ignore_errors=True)
@@ -88,6 +93,16 @@ def _tokenise_partition(block, path: str, index: int, kwargs: dict) -> None:
         [tokenize_batch(table.slice(0, 0), **kwargs)]
     tokens = pa.concat_tables(pieces)
     pq.write_table(tokens.append_column("part", pa.array([index] * tokens.num_rows, pa.int32())), path)
+
+
+def _tokenised_here(tables: Iterable[pa.Table], tokenizer_path: str,
+                    text_column: str) -> Iterator[tuple[np.ndarray, np.ndarray, None]]:
+    for table in tables:
+        for batch in table.to_batches(max_chunksize=_BATCH):
+            ids = tokenize_batch(pa.Table.from_batches([batch]), tokenizer_path=tokenizer_path,
+                                 text_column=text_column).column("ids").combine_chunks()
+            offsets = ids.offsets.to_numpy()
+            yield ids.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]], np.diff(offsets), None
 
 
 def _cached_batches(cache: Path, by_partition: bool) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:

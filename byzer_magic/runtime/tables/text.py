@@ -18,7 +18,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,6 +61,25 @@ def load_text(path: str, *, wholetext: bool, encoding: str = "utf-8",
 def text_table(files: Files, *, wholetext: bool, encoding: str, chunk_size: int) -> "ray.data.Dataset":
     import ray.data  # noqa: PLC0415
 
+    items = _read_tasks(files, chunk_size)
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1024))
+    ds = ds.map_batches(_read_task, batch_size=1, batch_format="pyarrow",
+                        fn_kwargs={"filesystem": files.filesystem, "prefix": files.prefix,
+                                   "wholetext": wholetext, "encoding": encoding})
+    return remember_schema(ds, TEXT_SCHEMA)
+
+
+def read_text_here(files: Files, *, wholetext: bool, encoding: str = "utf-8",
+                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[pa.Table]:
+    """``text_table``'s rows, read in this process one piece at a time (for inputs too small to be worth
+    starting Ray Data's tasks: driver/inputs.py)."""
+    for item in _read_tasks(files, chunk_size):
+        yield _read_task(pa.Table.from_pylist([item]), filesystem=files.filesystem, prefix=files.prefix,
+                         wholetext=wholetext, encoding=codec_name(encoding))
+
+
+def _read_tasks(files: Files, chunk_size: int) -> list[dict]:
+    """The files cut into pieces of at most ``chunk_size`` bytes, grouped into read tasks."""
     if chunk_size < 1:
         raise ByzerError(f"the chunk size must be at least 1 byte, not {chunk_size}")
     tasks, current, held = [], _Task(), 0
@@ -72,12 +91,7 @@ def text_table(files: Files, *, wholetext: bool, encoding: str, chunk_size: int)
             current.add(path, start, min(start + chunk_size, size), size)
             held += min(chunk_size, size - start)
     tasks.append(current)
-    items = [t.__dict__ for t in tasks]
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1024))
-    ds = ds.map_batches(_read_task, batch_size=1, batch_format="pyarrow",
-                        fn_kwargs={"filesystem": files.filesystem, "prefix": files.prefix,
-                                   "wholetext": wholetext, "encoding": encoding})
-    return remember_schema(ds, TEXT_SCHEMA)
+    return [t.__dict__ for t in tasks]
 
 
 class _Task:
