@@ -31,7 +31,7 @@ def plan_job(spec: JobSpec, files: JobFiles, *, cluster_gpus: float) -> JobLayou
     partitions = build_store(lambda: source_dataset(spec, files), files.tokens_dir,
                              tokenizer_path=spec.model.tokenizer_path, text_column=spec.data.text_column,
                              by_partition=spec.data.keep_partition_num,
-                             here=None if is_built(files.tokens_dir) else small_local_input(spec))
+                             read_here=lambda: small_local_input(spec))
     use_gpu = spec.parallel.use_gpu if spec.parallel.use_gpu is not None else cluster_gpus > 0
     layout = lay_out(spec, TokenStore.open(files.tokens_dir), use_gpu=use_gpu, store_dir=str(files.tokens_dir),
                      model_dir=str(files.model_dir), partitions=partitions)

@@ -34,13 +34,14 @@ def tokenize_batch(batch: pa.Table, *, tokenizer_path: str, text_column: str = "
 
 
 def build_store(make_dataset: Callable[[], object], store_dir: Path, *, tokenizer_path: str, text_column: str,
-                by_partition: bool, here: Iterable[pa.Table] | None = None) -> int:
+                by_partition: bool, read_here: Callable[[], Iterable[pa.Table] | None] = lambda: None) -> int:
     """Tokenise the input (``make_dataset()``, a Ray Dataset) into the store at ``store_dir``, unless it is
-    built already; returns the number of partitions (keepPartitionNum) or 0. ``here``: the input's rows
-    as Arrow tables, tokenised in this process instead (a small input: driver/inputs.py)."""
+    built already; returns the number of partitions (keepPartitionNum) or 0. ``read_here()``: the input's
+    rows as Arrow tables, tokenised in this process instead (a small input: driver/inputs.py), or None."""
     if token_store.is_built(store_dir):
         return token_store.TokenStore.open(store_dir).partitions
-    if here is not None and not by_partition:
+    here = None if by_partition else read_here()
+    if here is not None:
         vocab = cached_tokenizer(tokenizer_path).vocab_size
         token_store.write_store(store_dir, _tokenised_here(here, tokenizer_path, text_column), vocab_size=vocab)
         return 0
@@ -101,8 +102,13 @@ def _tokenised_here(tables: Iterable[pa.Table], tokenizer_path: str,
         for batch in table.to_batches(max_chunksize=_BATCH):
             ids = tokenize_batch(pa.Table.from_batches([batch]), tokenizer_path=tokenizer_path,
                                  text_column=text_column).column("ids").combine_chunks()
-            offsets = ids.offsets.to_numpy()
-            yield ids.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]], np.diff(offsets), None
+            yield *_flat(ids), None
+
+
+def _flat(ids: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+    """A list column of token ids as (the ids end to end, each row's length)."""
+    offsets = ids.offsets.to_numpy()
+    return ids.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]], np.diff(offsets)
 
 
 def _cached_batches(cache: Path, by_partition: bool) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -112,8 +118,5 @@ def _cached_batches(cache: Path, by_partition: bool) -> Iterator[tuple[np.ndarra
     for path in sorted(cache.rglob("*.parquet")):
         columns = ["ids", "part"] if by_partition else ["ids"]
         for batch in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=columns):
-            ids = batch.column(0)
-            offsets = ids.offsets.to_numpy()
-            flat = ids.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
             parts = batch.column(1).to_numpy(zero_copy_only=False) if by_partition else None
-            yield flat, np.diff(offsets), parts
+            yield *_flat(batch.column(0)), parts
