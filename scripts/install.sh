@@ -16,5 +16,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   else
     .venv/bin/python -m pip install -q -e '.[test]'
   fi
+  # jsonschema's optional IRI check, rfc3987-syntax (jupyter-events asks for it through jsonschema's
+  # format-nongpl extra), builds Earley parsers when it is imported, and Ray imports jsonschema in every
+  # process it starts: ~3-4 s of CPU each (the head 37 -> 16 s, an empty Ray Train run 44 -> 27 s here,
+  # docs/BENCHMARKS.md). Nothing here checks IRIs; without it jsonschema skips that one format.
+  .venv/bin/python -m pip uninstall -q -y rfc3987-syntax
   touch "$stamp"
 fi

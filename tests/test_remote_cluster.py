@@ -69,9 +69,6 @@ def where_byzer_magic_comes_from():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("BYZER_MAGIC_TWO_NODE_TEST"),
-                    reason="has not passed on this 2-core machine yet (the test cluster's raylet crashes under load "
-                           "before the job starts, docs/RELIABILITY.md); run it with BYZER_MAGIC_TWO_NODE_TEST=1")
 def test_a_job_on_a_two_node_cluster_without_byzer_magic(tmp_path):
     from tests.support.kernels import Kernel
     from tests.support.tiny import make_tiny_llama_dir, stdlib_text_files, train_sentencepiece
@@ -97,7 +94,7 @@ def test_a_job_on_a_two_node_cluster_without_byzer_magic(tmp_path):
     nodes = TwoNodes(tmp_path, python, token, hidden=hidden if can_unshare() else None)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
         "BYZER_MAGIC_HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    kernel = Kernel(env)
+    kernel = Kernel(env, cwd=tmp_path)  # outside the repository, as a notebook on another machine is
     try:
         nodes.start()
         head = next(n["node_id"] for n in nodes.nodes() if n["is_head_node"])

@@ -77,6 +77,8 @@ def test_spark_functions(byzer, sft):
     assert sorted(zip(frame["name"], frame["top"])) == [("c.txt", "a"), ("e.txt", "d"), ("f.txt", "f.txt")]
     words = byzer("select explode(split(tags, ' ')) as word from sft where tags != '' as words;")
     assert sorted(words["word"]) == ["p", "q", "x", "y", "z"]
+    lines = byzer("select posexplode(split(tags, ' ')) as (pos, word) from sft where tags != '' as lines;")
+    assert sorted(zip(lines["word"], lines["pos"])) == [("p", 0), ("q", 1), ("x", 0), ("y", 1), ("z", 2)]
     counted = byzer("select lang, count(*) as n, collect_list(output) as outs from sft group by lang "
                     "order by lang as by_lang;")
     assert list(counted["n"]) == [2, 1] and sorted(counted["outs"][0]) == ["1 2 3", "hi"]
@@ -91,6 +93,12 @@ def test_error_inside_a_translated_select_points_at_the_users_text(byzer, sft):
     assert source.strip() == "lenght(output) as n from sft as t;" and caret.index("^") - 4 == 2
     with pytest.raises(UsageError, match=r'line 1, column 34: .*Referenced column "outpt" not found'):
         byzer('select concat(instruction, "\\n", outpt) as text from sft as t;')
+
+
+def test_posexplode_with_one_alias_is_spark_s_error_located():
+    with pytest.raises(SqlError, match=r"posexplode makes two columns.*write `as \(pos, line\)`") as info:
+        translate("select id,\n  posexplode(split(text, '\\n')) as line from t")
+    assert (info.value.sql_line, info.value.sql_column) == (2, 36)  # the alias "line"
 
 
 def test_duckdb_dialect_by_config(byzer, shell, sft):

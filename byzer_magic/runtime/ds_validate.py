@@ -24,6 +24,7 @@ import typing
 from typing import Any
 
 from byzer_magic.errors import ByzerError, did_you_mean
+from byzer_magic.runtime.deepspeed_import import import_deepspeed
 
 # Where "auto" means something: resolve_ds_config (runtime/config.py) replaces it.
 AUTO_PATHS = ("bf16.enabled", "scheduler.params.warmup_num_steps", "scheduler.params.total_num_steps")
@@ -52,6 +53,7 @@ def _fail(path: str, message: str) -> ByzerError:
 @functools.cache
 def top_level_keys() -> frozenset[str]:
     """Every top-level key DeepSpeed reads: recorded while its own ``DeepSpeedConfig`` parses a config."""
+    import_deepspeed()
     from deepspeed.runtime.config import DeepSpeedConfig  # noqa: PLC0415
 
     seen: set[str] = set()
@@ -75,6 +77,7 @@ def top_level_keys() -> frozenset[str]:
 
 @functools.cache
 def _models() -> dict[str, type]:
+    import_deepspeed()
     from deepspeed.comm.config import CommsLoggerConfig  # noqa: PLC0415
     from deepspeed.compile.config import CompileConfig  # noqa: PLC0415
     from deepspeed.monitor.config import CometConfig, CSVConfig, TensorBoardConfig, WandbConfig  # noqa: PLC0415
@@ -94,6 +97,7 @@ def _signature(cls, drop=("self", "params", "optimizer", "last_batch_iteration")
 def optimizer_params() -> dict[str, frozenset[str] | None]:
     """The parameters each optimizer type takes (None: not checked by name), lower-cased type names."""
     import torch  # noqa: PLC0415
+    import_deepspeed()
     from deepspeed.ops.adam import FusedAdam  # noqa: PLC0415
     from deepspeed.ops.lamb import FusedLamb  # noqa: PLC0415
     from deepspeed.ops.lion import FusedLion  # noqa: PLC0415
@@ -106,6 +110,7 @@ def optimizer_params() -> dict[str, frozenset[str] | None]:
 
 @functools.cache
 def scheduler_params() -> dict[str, frozenset[str]]:
+    import_deepspeed()
     from deepspeed.runtime import lr_schedules  # noqa: PLC0415
 
     names = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest")

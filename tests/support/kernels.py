@@ -24,10 +24,11 @@ for line in sys.stdin:
 
 
 class Kernel:
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], cwd: Path | None = None):
+        """``cwd``: the repository's root unless given (Ray puts a driver's directory on its workers' path)."""
         self.proc = subprocess.Popen([sys.executable, "-c", _REPL], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=Path(__file__).parent.parent.parent)
+                                     cwd=cwd or Path(__file__).parent.parent.parent)
         self.pid = self.proc.pid
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from byzer_magic.errors import ByzerError
+from byzer_magic.runtime.deepspeed_import import import_deepspeed
 from byzer_magic.runtime.kernel.jobs import JobHandle
 from byzer_magic.runtime.spec import ModelSection
 from byzer_magic.runtime.worker.checkpoint import check_intact, intact_steps, latest_tag, published_steps
@@ -109,6 +110,7 @@ def _state_dict(ckpt_dir: Path, tag: str) -> dict:
     if not any(folder.glob("*zero_pp_rank_*_optim_states.pt")):  # ZeRO stage 0: one whole model file
         states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
         return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+    import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
 
     said = io.StringIO()

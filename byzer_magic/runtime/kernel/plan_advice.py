@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from byzer_magic.runtime.deepspeed_import import import_deepspeed
 from byzer_magic.runtime.kernel.plan_memory import (ALLOCATOR_SLACK, CONTEXT_BYTES, ModelShape, ZeroSetup,
                                                     activation_bytes, buffer_bytes, model_states_bytes,
                                                     resident_bytes, step_bytes, usable_bytes)
@@ -242,7 +243,7 @@ def measure_step_rate(build_model: Callable[[], object], ds_config: dict, *, mic
     import os  # noqa: PLC0415
     import socket  # noqa: PLC0415
 
-    import deepspeed  # noqa: PLC0415
+    deepspeed = import_deepspeed()
     import torch  # noqa: PLC0415
 
     with socket.socket() as sock:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from byzer_magic.runtime.deepspeed_import import import_deepspeed
+
 GiB = 2 ** 30
 
 
@@ -95,6 +97,7 @@ def model_states_bytes(shape: ModelShape, zero: ZeroSetup, *, gpus_per_node: int
     2 + 18 bytes a parameter), ZeRO-1 partitions only the 16 bytes of fp32 gradient, master weights and
     Adam moments (2 + 2 + 16/N). Without mixed precision (fp32 on the CPU) parameters take 4 bytes, not 2.
     """
+    import_deepspeed()
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs  # noqa: PLC0415
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs  # noqa: PLC0415
 

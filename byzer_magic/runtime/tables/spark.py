@@ -3,7 +3,8 @@
 What changes: ``"..."`` is a string (not a quoted name), ``\\n``/``\\t``/``\\'`` escapes in strings are
 characters, back-quoted names are names, and Spark's functions become DuckDB's where sqlglot maps them
 (``concat`` -> ``||``, ``get_json_object`` -> ``->>``, ``explode(split(..))`` -> ``unnest(str_split_regex
-(..))``, ``nvl``, ``instr``, ``size``, ``date_format``, ...). A few Spark functions that neither sqlglot
+(..))``, ``posexplode`` -> ``generate_subscripts`` + ``unnest``, ``nvl``, ``instr``, ``size``,
+``date_format``, ...). A few Spark functions that neither sqlglot
 nor DuckDB has are DuckDB macros here (``SPARK_MACROS``). ``cast`` follows Spark 3 (what Byzer ran): a
 value that does not convert becomes NULL.
 
@@ -17,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 import sqlglot
+from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ErrorLevel, ParseError, TokenError, UnsupportedError
 
@@ -79,12 +81,24 @@ def translate(sql: str, dialect: str = "spark") -> Translation:
         raise SqlError(f"Parser Error: {exc}") from None
     if len(trees) != 1:
         raise SqlError("expected one query")
+    _check_generator_aliases(trees[0])
     try:
         out = trees[0].sql(dialect="duckdb", unsupported_level=ErrorLevel.RAISE)
     except UnsupportedError as exc:
         raise SqlError(f"{str(exc).strip()} (Spark SQL is run by DuckDB; write the query with DuckDB's "
                        f"functions, or %config ByzerMagic.sql_dialect = \"duckdb\")") from None
     return Translation(sql, out, dialect, _align(sql, out))
+
+
+def _check_generator_aliases(tree) -> None:
+    """Spark's rule for ``posexplode``: it makes two columns, so one alias is an error (sqlglot would
+    write SQL that DuckDB rejects at a place the user did not write)."""
+    for alias in tree.find_all(exp.Alias):
+        if isinstance(alias.this, exp.Posexplode):
+            name = alias.args["alias"]
+            raise SqlError(f"posexplode makes two columns, the position and the value: write "
+                           f"`as (pos, {name.name})`, or name none to get `pos` and `col`",
+                           name.meta.get("line"), name.meta.get("col", 0) - len(name.name) + 1 or None)
 
 
 def install_macros(con, dialect: str) -> None:

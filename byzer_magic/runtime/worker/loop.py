@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from byzer_magic.errors import ByzerError, DeterministicFailure
+from byzer_magic.runtime.deepspeed_import import import_deepspeed
 from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.spec import JobLayout, JobSpec
 from byzer_magic.runtime.worker import checkpoint, speed
@@ -109,7 +110,7 @@ def _start_worker(spec: JobSpec, files: JobFiles, rank: int) -> None:
 
 def _engine(spec: JobSpec, layout: JobLayout):
     """The DeepSpeed engine around the job's model, built and prepared for this worker's device."""
-    import deepspeed  # noqa: PLC0415
+    deepspeed = import_deepspeed()
 
     from byzer_magic.runtime.models import build_training_model  # noqa: PLC0415
 
