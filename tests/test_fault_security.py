@@ -181,3 +181,28 @@ def test_the_driver_takes_its_secrets_from_the_file(tmp_path, monkeypatch):
     job_env.write_secrets(tmp_path, {"HF_TOKEN": "t"})
     assert job_env.load_secrets(tmp_path) == {"HF_TOKEN": "t"} and os.environ["HF_TOKEN"] == "t"
     assert not (tmp_path / job_env.SECRETS_FILE).exists() and job_env.load_secrets(tmp_path) == {}
+
+
+def test_the_driver_hands_its_secrets_to_the_workers_while_it_trains(tmp_path, monkeypatch):
+    """Workers on another node do not inherit the kernel's environment, and Ray Train shows its
+    train_loop_config on the dashboard: the driver's secrets reach them through a 0600 file that lives only
+    while the training runs (runtime/job_env.py)."""
+    from byzer_magic.runtime import job_env
+
+    monkeypatch.setattr(job_env, "_loaded", {})
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with job_env.handed_to_workers(tmp_path):  # no secrets: no file
+        assert not (tmp_path / job_env.WORKER_SECRETS_FILE).exists()
+    job_env.write_secrets(tmp_path, {"WANDB_API_KEY": "k" * 40, "HF_TOKEN": "t"})
+    job_env.load_secrets(tmp_path)
+    monkeypatch.delenv("WANDB_API_KEY")  # a worker's environment, on another node
+    handed = tmp_path / job_env.WORKER_SECRETS_FILE
+    with job_env.handed_to_workers(tmp_path):
+        assert handed.stat().st_mode & 0o777 == 0o600
+        assert job_env.load_worker_secrets(tmp_path) == ["HF_TOKEN", "WANDB_API_KEY"]
+        assert os.environ["WANDB_API_KEY"] == "k" * 40
+        assert job_env.load_worker_secrets(tmp_path) == ["HF_TOKEN", "WANDB_API_KEY"]  # a restarted worker
+    assert not handed.exists() and job_env.load_worker_secrets(tmp_path) == []
+    with pytest.raises(RuntimeError), job_env.handed_to_workers(tmp_path):
+        raise RuntimeError("the training failed")
+    assert not handed.exists()

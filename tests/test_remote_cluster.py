@@ -93,7 +93,8 @@ def test_a_job_on_a_two_node_cluster_without_byzer_magic(tmp_path):
     hidden.mkdir()
     nodes = TwoNodes(tmp_path, python, token, hidden=hidden if can_unshare() else None)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
-        "BYZER_MAGIC_HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        "BYZER_MAGIC_HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+        "HF_TOKEN": secrets.token_hex(8)}  # a secret the workers need: the nodes' environment lacks it
     kernel = Kernel(env, cwd=tmp_path)  # outside the repository, as a notebook on another machine is
     try:
         nodes.start()
@@ -126,11 +127,16 @@ def test_a_job_on_a_two_node_cluster_without_byzer_magic(tmp_path):
             from ray.util.state import list_actors
             workers = list_actors(address=info.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")],
                                   detail=True, raise_on_missing_output=False)
-            out = [status, handle.metrics()["step"].tolist(), handle.logs()[-6000:],
+            logs = handle.logs()
+            import re
+            handed = sorted(set(re.findall(r"\\[(W-\\d)-two-nodes\\] from the job's driver: HF_TOKEN", logs)))
+            out = [status, handle.metrics()["step"].tolist(), logs[-6000:] + str(handed),
                    JobSubmissionClient(info.dashboard_url).get_job_info(handle.submission_id).runtime_env,
                    sorted(w.node_id for w in workers)]"""), timeout=900)
         assert status == "SUCCEEDED", logs
         assert steps == [1, 2, 3, 4]
+        assert logs.endswith("['W-0', 'W-1']"), logs[-600:]  # HF_TOKEN reached both workers
+        assert env["HF_TOKEN"] not in logs and env["HF_TOKEN"] not in str(runtime_env)
         assert worker_nodes == sorted([head, second]), worker_nodes  # one training worker on each node
         assert any("sentencepiece" in req for req in runtime_env["pip"]["packages"]), runtime_env
         assert runtime_env["py_modules"] and runtime_env["py_modules"][0].startswith("gcs://"), runtime_env

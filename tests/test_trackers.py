@@ -262,3 +262,21 @@ def test_an_old_job_json_without_the_tracking_section_loads_with_defaults():
     del raw["tracking"]
     tracking = JobSpec.from_json(raw).tracking
     assert tracking.report_to == "tensorboard" and tracking.wandb_mode == "offline"
+
+
+def test_resume_checks_the_trackers_it_is_given(ray_cluster, tmp_path, monkeypatch):
+    """A tracker added on resume is checked as at a first submit, before anything is submitted; the
+    kernel's MLFLOW_TRACKING_URI is read then too and kept in job.json."""
+    from byzer_magic.runtime.kernel.resume import resume
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job_dir = tmp_path / "jobs" / "tracked"
+    job_dir.mkdir(parents=True)
+    spec = JobSpec(job=JobSection(name="tracked", job_dir=str(job_dir), submission_id="tracked"))
+    (job_dir / "job.json").write_text(json.dumps(spec.to_json()))
+    with pytest.raises(ByzerError, match="report_to=mlflow needs a tracking server"):
+        resume("tracked", local_path_prefix=str(tmp_path / "jobs"), train_args={"report_to": "tensorboard,mlflow"})
+    with pytest.raises(ByzerError, match='did you mean "wandb"'):
+        resume("tracked", local_path_prefix=str(tmp_path / "jobs"), train_args={"report_to": "wandbb"})
+    assert JobSpec.from_json(json.loads((job_dir / "job.json").read_text())).tracking.report_to == "tensorboard"
+    assert not (job_dir / "owner.json").exists()  # refused before the job was claimed or submitted

@@ -6,9 +6,16 @@ password) never do: the Jobs API shows a job's runtime_env and metadata to anyon
 dashboard. They go into ``<job_dir>/.secrets.json`` (0600, in the 0700 job folder) instead; the job's
 entrypoint, ``python -m byzer_magic.runtime.job_env <job_dir>``, moves them into its own environment,
 deletes the file, and then runs the driver (``runtime/driver/entry.py``).
+
+The training workers need them too (a W&B key, an MLflow token, ``HF_TOKEN``), and on a remote cluster
+their processes do not inherit the kernel's environment; Ray Train shows ``train_loop_config`` on the
+dashboard, so they do not travel there either. While it trains, the driver keeps them in
+``<job_dir>/.worker-secrets.json`` (0600; ``handed_to_workers``), which each worker reads when it starts
+(``load_worker_secrets``, again after a restart) and the driver deletes when the training ends.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +26,7 @@ from pathlib import Path
 FORWARDED = ("TORCH_EXTENSIONS_DIR", "NCCL_", "HF_", "HUGGING_FACE_", "WANDB_", "MLFLOW_")
 SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|AUTH", re.I)
 SECRETS_FILE = ".secrets.json"
+WORKER_SECRETS_FILE = ".worker-secrets.json"
 _loaded: dict[str, str] = {}
 
 
@@ -30,9 +38,9 @@ def split_env(environ: dict[str, str] | None = None) -> tuple[dict[str, str], di
     return {k: v for k, v in forwarded.items() if k not in secret}, secret
 
 
-def write_secrets(job_dir: str | os.PathLike, secrets: dict[str, str]) -> None:
+def write_secrets(job_dir: str | os.PathLike, secrets: dict[str, str], name: str = SECRETS_FILE) -> None:
     """Write ``secrets`` to the job's 0600 secrets file (replacing an earlier one); none: remove it."""
-    path = Path(job_dir) / SECRETS_FILE
+    path = Path(job_dir) / name
     path.unlink(missing_ok=True)
     if not secrets:
         return
@@ -61,6 +69,26 @@ def load_secrets(job_dir: str | os.PathLike) -> dict[str, str]:
 def secrets() -> dict[str, str]:
     """The secrets ``load_secrets`` moved into this process."""
     return dict(_loaded)
+
+
+@contextlib.contextmanager
+def handed_to_workers(job_dir: str | os.PathLike):
+    """The driver's secrets in the workers' 0600 file while the block (the training) runs."""
+    write_secrets(job_dir, secrets(), WORKER_SECRETS_FILE)
+    try:
+        yield
+    finally:
+        (Path(job_dir) / WORKER_SECRETS_FILE).unlink(missing_ok=True)
+
+
+def load_worker_secrets(job_dir: str | os.PathLike) -> list[str]:
+    """Put the secrets the driver handed on into this worker's environment; their names."""
+    try:
+        values = json.loads((Path(job_dir) / WORKER_SECRETS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    os.environ.update({str(k): str(v) for k, v in values.items()})
+    return sorted(values)
 
 
 def main(argv: list[str]) -> None:

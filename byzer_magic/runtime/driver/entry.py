@@ -14,6 +14,7 @@ import time
 import traceback
 
 from byzer_magic.errors import ByzerError
+from byzer_magic.runtime import job_env
 from byzer_magic.runtime.driver import attempts
 from byzer_magic.runtime.driver.inputs import small_local_input, source_dataset
 from byzer_magic.runtime.driver.layout import lay_out
@@ -71,7 +72,8 @@ def run(job_dir: str) -> int:
               f"{c.eval_tokens:,} tokens held out); {layout.total_steps:,} steps of {layout.tokens_per_step:,} "
               f"tokens on {spec.parallel.num_workers} {'GPU' if layout.use_gpu else 'CPU'} worker(s)", flush=True)
         result.planned(layout, spec.training.epoches)
-        attempts.run_with_restarts(spec, layout, files)
+        with job_env.handed_to_workers(files.root):  # a remote node's workers need the keys too
+            attempts.run_with_restarts(spec, layout, files)
         result.finished(files, layout, spec.training.epoches)
         return 0
     except ByzerError as err:

@@ -9,6 +9,7 @@ from byzer_magic.runtime import cluster
 from byzer_magic.runtime.spec import JobSpec, check_value, sfft_fields
 from byzer_magic.runtime.worker.checkpoint import latest_tag
 from byzer_magic.runtime.config import ParallelConfig, parse_ds_config, resolve_ds_config
+from byzer_magic.runtime.kernel.job_spec import check_trackers, tracking_uri
 from byzer_magic.runtime.kernel.jobs import JobHandle
 from byzer_magic.runtime.kernel.ray_job import submit_ray_job
 from byzer_magic.runtime.kernel.submit import job_dir_for
@@ -38,6 +39,8 @@ def resume(name: str, *, local_path_prefix: str | None = None, train_args: dict 
         check_free(job_dir)
         before = _batch_shape(spec)
         changed = _apply_overrides(spec, train_args or {}, ds_config)
+        spec.tracking.mlflow_tracking_uri = tracking_uri(spec.tracking)  # as a first submit reads it
+        check_trackers(spec.tracking)  # a tracker added on resume, or one whose package has gone
         tag = latest_tag(handle.checkpoint_dir, say=print)  # the user is told of a damaged one passed over
         if tag:
             changed += [f"{what} {old} -> {new}" for what, old, new in zip(("micro-batch", "accumulation"), before,

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from byzer_magic.errors import ByzerError, DeterministicFailure
+from byzer_magic.runtime import job_env
 from byzer_magic.runtime.deepspeed_import import import_deepspeed
 from byzer_magic.runtime.jobfiles import JobFiles
 from byzer_magic.runtime.spec import JobLayout, JobSpec
@@ -101,6 +102,9 @@ def _announce(spec: JobSpec, layout: JobLayout, files: JobFiles, state: TrainSta
 def _start_worker(spec: JobSpec, files: JobFiles, rank: int) -> None:
     _title(rank, spec.job.name)
     _record_worker(files, spec, rank)
+    handed = job_env.load_worker_secrets(files.root)  # keys the trackers and the hub need (runtime/job_env.py)
+    if handed:
+        print(f"[W-{rank}-{spec.job.name}] from the job's driver: {', '.join(handed)}", flush=True)
     if spec.parallel.setup_nccl_socket_ifname_by_ip:
         from byzer_magic.runtime.network import set_nccl_socket_ifname  # noqa: PLC0415
 
