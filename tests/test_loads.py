@@ -152,6 +152,21 @@ def test_wholetext_splits_a_big_file_at_line_ends(byzer, data):
     assert [t.encode() for t in here] == _expected_pieces(raw, 16 * 1024) and "".join(here).encode() == raw
 
 
+def test_tokenising_reads_one_piece_per_task(ray_cluster, data, tmp_path):
+    """The job's tokenising (driver/tokenise.py) runs a task per piece of load_text, whatever its batch
+    size: fused into one task, a 1 GB corpus was read whole into one process's memory."""
+    from byzer_magic.runtime.driver.tokenise import tokenised
+    from byzer_magic.runtime.tables import load_text
+    from tests.support.tiny import train_sentencepiece
+
+    tokenizer = str(train_sentencepiece(tmp_path / "tok"))
+    pieces = -(-(data / "big.txt").stat().st_size // (64 * 1024))
+    ds = tokenised(load_text(f"{data}/big.txt", wholetext=True, chunk_size=64 * 1024).rename_columns(
+        {"value": "text"}), {"tokenizer_path": tokenizer, "text_column": "text"}).materialize()
+    assert re.search(rf"\b{pieces} tasks executed", ds.stats()), ds.stats()
+    assert ds.count() == pieces  # a row per piece: its ids
+
+
 def test_lines_stream_in_pieces(byzer, data):
     lines = (data / "big.txt").read_text().splitlines()
     byzer(f'load text.`{data}/big.txt` where chunkSize="8k" as lines;', line="-o lines_ds")

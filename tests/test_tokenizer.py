@@ -135,7 +135,10 @@ def test_long_documents_are_encoded_in_segments_with_the_whole_texts_ids(shape, 
     assert "".join(segments) == long and len(segments) > 5
     assert all(len(s) >= long_documents.SEGMENT and s.endswith("\n") for s in segments[:-1])
     ids = tok.encode_documents(["a", long, "", TEXTS[0]])
-    assert ids == tok.encode_batch(["a", long, "", TEXTS[0]])  # the very ids of whole-text encoding
+    assert [x.tolist() for x in ids] == tok.encode_batch(["a", long, "", TEXTS[0]])  # whole-text encoding's ids
+    small = long_documents.encode_documents(["a", long, "", TEXTS[0]], tok.encode_batch, tok._continuation,
+                                            call_chars=1000)  # many calls of a few segments each
+    assert [x.tolist() for x in small] == [x.tolist() for x in ids] and all(x.dtype == "int32" for x in small)
 
 
 def test_a_tokenizer_that_segments_would_change_encodes_whole(sp_model):
@@ -146,4 +149,4 @@ def test_a_tokenizer_that_segments_would_change_encodes_whole(sp_model):
 
     assert long_documents.continuation_encoder(merges_across_lines, "tokenizers", None) is None
     long = "x\n" * long_documents.SEGMENT_FROM
-    assert long_documents.encode_documents([long], merges_across_lines, None) == [[len(long)]]
+    assert [x.tolist() for x in long_documents.encode_documents([long], merges_across_lines, None)] == [[len(long)]]

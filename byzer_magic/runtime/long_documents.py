@@ -13,8 +13,11 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+import numpy as np
+
 SEGMENT_FROM = 1 << 16  # characters
 SEGMENT = 1 << 14
+CALL_CHARS = 1 << 20  # characters per tokenizer call: bounds the Python ints held at once
 Encode = Callable[[list[str]], list[list[int]]]
 
 _BOUNDARY = re.compile(r"\n(?=\S)")
@@ -53,21 +56,34 @@ def continuation_encoder(encode: Encode, kind: str, backend) -> Encode | None:
     return None
 
 
-def encode_documents(texts: list[str], encode: Encode, rest: Encode | None) -> list[list[int]]:
-    """Each text's ids: short ones (and all of them when ``rest`` is None) in one ``encode`` call, long
-    ones as their first segment by ``encode`` and the others by ``rest``, joined."""
-    if rest is None or all(len(t) <= SEGMENT_FROM for t in texts):
-        return encode(texts)
-    firsts, later, owners = [], [], []
+def encode_documents(texts: list[str], encode: Encode, rest: Encode | None,
+                     call_chars: int = CALL_CHARS) -> list[np.ndarray]:
+    """Each text's ids as an int32 array: short ones (and all of them when ``rest`` is None) by
+    ``encode``, long ones as their first segment by ``encode`` and the others by ``rest``, joined. The
+    tokenizer is called on about ``call_chars`` characters at a time and its lists of Python ints become
+    arrays at once, so that a 64 MB piece never exists as one list (~36 bytes a token)."""
+    parts: list[list[tuple[int, np.ndarray]]] = [[] for _ in texts]
+    pending: dict[bool, list[tuple[int, int, str]]] = {True: [], False: []}  # first segment or not
+    held = {True: 0, False: 0}
+
+    def flush(first: bool) -> None:
+        items = pending[first]
+        if items:
+            encoded = (encode if first else rest)([text for _, _, text in items])
+            for (doc, index, _), ids in zip(items, encoded):
+                parts[doc].append((index, np.asarray(ids, dtype=np.int32)))
+        pending[first], held[first] = [], 0
+
     for doc, text in enumerate(texts):
-        head, *tail = line_segments(text)
-        firsts.append(head)
-        later.extend(tail)
-        owners.extend([doc] * len(tail))
-    ids = encode(firsts)
-    for doc, segment_ids in zip(owners, rest(later) if later else []):
-        ids[doc].extend(segment_ids)
-    return ids
+        for index, segment in enumerate(line_segments(text) if rest is not None else [text]):
+            first = index == 0
+            pending[first].append((doc, index, segment))
+            held[first] += len(segment)
+            if held[first] >= call_chars:
+                flush(first)
+    flush(True)
+    flush(False)
+    return [np.concatenate([ids for _, ids in sorted(p, key=lambda part: part[0])]) for p in parts]
 
 
 def _exact_on(probe: str, encode: Encode, rest: Encode) -> bool:

@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime import long_documents
 
@@ -59,9 +61,9 @@ class Tokenizer:
             return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
         return self.backend(list(texts), add_special_tokens=False)["input_ids"]
 
-    def encode_documents(self, texts: list[str]) -> list[list[int]]:
-        """``encode_batch`` for training documents: long ones in segments where that gives the same ids
-        (runtime/long_documents.py), several times faster with SentencePiece."""
+    def encode_documents(self, texts: list[str]) -> list[np.ndarray]:
+        """``encode_batch`` for training documents, as int32 arrays: long ones in segments where that gives
+        the same ids (runtime/long_documents.py), several times faster with SentencePiece."""
         return long_documents.encode_documents(texts, self.encode_batch, self._continuation)
 
     @functools.cached_property  # probed once per process (the object pickles as its path)

@@ -7,6 +7,7 @@ partition is tokenised by its own task, in order, and its documents are marked w
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -25,10 +26,11 @@ def tokenize_batch(batch: pa.Table, *, tokenizer_path: str, text_column: str = "
     """Arrow batch of documents -> Arrow batch of token ids (end-of-text appended) and their counts."""
     tok = cached_tokenizer(tokenizer_path)
     texts = [t or "" for t in batch.column(text_column).to_pylist()]
-    ids = [np.asarray(x + [tok.eos_id], dtype=np.int32) for x in tok.encode_documents(texts)]
+    ids = tok.encode_documents(texts)
+    eos = np.array([tok.eos_id], dtype=np.int32)
     offsets = np.zeros(len(ids) + 1, dtype=np.int32)
-    np.cumsum([len(x) for x in ids], out=offsets[1:])
-    flat = np.concatenate(ids) if ids else np.empty(0, np.int32)
+    np.cumsum([len(x) + 1 for x in ids], out=offsets[1:])
+    flat = np.concatenate([part for x in ids for part in (x, eos)]) if ids else np.empty(0, np.int32)
     return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
                      "n": pa.array(np.diff(offsets))})
 
@@ -51,13 +53,29 @@ def build_store(make_dataset: Callable[[], object], store_dir: Path, *, tokenize
     kwargs = {"tokenizer_path": tokenizer_path, "text_column": text_column}
     partitions = _tokenise_partitions(ds, cache, kwargs) if by_partition else 0
     if not by_partition:
-        ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=_BATCH, zero_copy_batch=True,
-                       fn_kwargs=kwargs).write_parquet(str(cache))
+        tokenised(ds, kwargs).write_parquet(str(cache))
     vocab = cached_tokenizer(tokenizer_path).vocab_size
     token_store.write_store(store_dir, _cached_batches(cache, by_partition), vocab_size=vocab,
                              partitions=partitions)
     shutil.rmtree(cache, ignore_errors=True)
     return partitions
+
+
+def tokenised(ds, kwargs: dict):
+    """``ds``'s text as token ids, a block per call: a batch size in rows would be fused with load_text's
+    read (tables/text.py) into one task reading that many of its pieces (up to 64 MB each: a 1 GB corpus
+    was one task, all of it in memory), where a block is one piece."""
+    return ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+                          fn_kwargs=kwargs, concurrency=_tasks_at_once())
+
+
+def _tasks_at_once() -> int | None:
+    """A task per core on a one-node cluster, whose head advertises more CPU slots than cores
+    (runtime/cluster.py): more tasks would not go faster, each holding its piece and its ids; on a
+    cluster of several nodes, Ray Data's own choice."""
+    import ray  # noqa: PLC0415
+
+    return (os.cpu_count() or 1) if sum(node["Alive"] for node in ray.nodes()) == 1 else None
 
 
 def _tokenise_partitions(source, cache: Path, kwargs: dict) -> int:
