@@ -258,12 +258,17 @@ def _job_folder(shell, name: str, **kwargs) -> Path:
 def test_sub_commands_parse_their_arguments(shell, capsys):
     from byzer_magic.runtime import tensorboard
 
+    from torch.utils.tensorboard import SummaryWriter
+
     job_dir = _job_folder(shell, "parse-demo")
+    with SummaryWriter(str(job_dir / "tensorboard")) as events:  # the frame shows once there are scalars
+        events.add_scalar("train/loss", 2.5, 1)
     try:  # one server: the second line reuses the first one's
-        for line in ("tensorboard --keep parse-demo", "tensorboard parse-demo --keep"):
+        for line, started in (("tensorboard --keep parse-demo", tensorboard.Launched),
+                              ("tensorboard parse-demo --keep", tensorboard.Reused)):
             frame = shell.run_line_magic("byzerllm", line)  # --keep is an option, never the job's name
             assert frame.keep and frame.logdir == str(job_dir / "tensorboard")
-            frame.wait(60)
+            assert isinstance(frame.wait(60), started), frame.message.value
     finally:
         tensorboard.stop(job_dir / "tensorboard")
     with pytest.raises(UsageError, match=r"^%byzerllm attach: the following arguments are required: NAME; "
