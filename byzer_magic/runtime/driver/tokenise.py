@@ -7,7 +7,6 @@ partition is tokenised by its own task, in order, and its documents are marked w
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -66,16 +65,7 @@ def tokenised(ds, kwargs: dict):
     read (tables/text.py) into one task reading that many of its pieces (up to 64 MB each: a 1 GB corpus
     was one task, all of it in memory), where a block is one piece."""
     return ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
-                          fn_kwargs=kwargs, concurrency=_tasks_at_once())
-
-
-def _tasks_at_once() -> int | None:
-    """A task per core on a one-node cluster, whose head advertises more CPU slots than cores
-    (runtime/cluster.py): more tasks would not go faster, each holding its piece and its ids; on a
-    cluster of several nodes, Ray Data's own choice."""
-    import ray  # noqa: PLC0415
-
-    return (os.cpu_count() or 1) if sum(node["Alive"] for node in ray.nodes()) == 1 else None
+                          fn_kwargs=kwargs)
 
 
 def _tokenise_partitions(source, cache: Path, kwargs: dict) -> int:
