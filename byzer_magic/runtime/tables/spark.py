@@ -95,7 +95,7 @@ def _check_generator_aliases(tree) -> None:
     write SQL that DuckDB rejects at a place the user did not write)."""
     for alias in tree.find_all(exp.Alias):
         if isinstance(alias.this, exp.Posexplode):
-            name = alias.args["alias"]
+            name = next(e for e in alias.iter_expressions() if isinstance(e, exp.Identifier))  # the alias
             raise SqlError(f"posexplode makes two columns, the position and the value: write "
                            f"`as (pos, {name.name})`, or name none to get `pos` and `col`",
                            name.meta.get("line"), name.meta.get("col", 0) - len(name.name) + 1 or None)
