@@ -206,3 +206,26 @@ def test_the_driver_hands_its_secrets_to_the_workers_while_it_trains(tmp_path, m
     with pytest.raises(RuntimeError), job_env.handed_to_workers(tmp_path):
         raise RuntimeError("the training failed")
     assert not handed.exists()
+
+
+def test_the_entrypoint_keeps_the_secrets_where_the_driver_finds_them(tmp_path):
+    """``python -m byzer_magic.runtime.job_env`` runs as ``__main__``; the driver's ``job_env`` is the module
+    imported by name: the secrets must be in that one (else the workers would get none)."""
+    import subprocess
+    import sys
+
+    from byzer_magic.runtime import job_env
+
+    job_env.write_secrets(tmp_path, {"HF_TOKEN": "t"})
+    probe = ("import runpy, sys\n"
+             "real = runpy.run_module\n"
+             "def driver(name, **kwargs):  # the driver's first line: what its job_env holds\n"
+             "    if name != 'byzer_magic.runtime.driver.entry':\n"
+             "        return real(name, **kwargs)\n"
+             "    import byzer_magic.runtime.job_env as job_env\n"
+             "    print(sorted(job_env.secrets()))\n"
+             "runpy.run_module = driver\n"
+             f"sys.argv = ['job_env', {str(tmp_path)!r}]\n"
+             "real('byzer_magic.runtime.job_env', run_name='__main__', alter_sys=True)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "['HF_TOKEN']" in out.stdout, out.stdout + out.stderr

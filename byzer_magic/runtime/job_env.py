@@ -16,6 +16,7 @@ dashboard, so they do not travel there either. While it trains, the driver keeps
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -94,7 +95,9 @@ def load_worker_secrets(job_dir: str | os.PathLike) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit("usage: python -m byzer_magic.runtime.job_env <job_dir>")
-    load_secrets(argv[0])
+    # Run as ``-m``, this module is ``__main__``; the driver imports it by name, a second module object:
+    # the secrets must be kept in that one, where ``handed_to_workers`` finds them.
+    importlib.import_module("byzer_magic.runtime.job_env").load_secrets(argv[0])
     sys.argv = ["byzer_magic.runtime.driver.entry", argv[0]]
     runpy.run_module("byzer_magic.runtime.driver.entry", run_name="__main__", alter_sys=True)
 
