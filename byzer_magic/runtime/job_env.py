@@ -56,14 +56,22 @@ def load_secrets(job_dir: str | os.PathLike) -> dict[str, str]:
     """Move the job's secrets into this process's environment and delete their file (the driver calls
     this first). Returns them, and ``secrets()`` does later (for a driver that hands them on)."""
     path = Path(job_dir) / SECRETS_FILE
+    values = _into_environ(path)
+    if values is None:
+        return {}
+    path.unlink(missing_ok=True)
+    _loaded.update(values)
+    return values
+
+
+def _into_environ(path: Path) -> dict[str, str] | None:
+    """The secrets file at ``path`` put into this process's environment; None if it cannot be read."""
     try:
         values = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
-    path.unlink(missing_ok=True)
+        return None
     values = {str(k): str(v) for k, v in values.items()}
     os.environ.update(values)
-    _loaded.update(values)
     return values
 
 
@@ -84,12 +92,7 @@ def handed_to_workers(job_dir: str | os.PathLike):
 
 def load_worker_secrets(job_dir: str | os.PathLike) -> list[str]:
     """Put the secrets the driver handed on into this worker's environment; their names."""
-    try:
-        values = json.loads((Path(job_dir) / WORKER_SECRETS_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    os.environ.update({str(k): str(v) for k, v in values.items()})
-    return sorted(values)
+    return sorted(_into_environ(Path(job_dir) / WORKER_SECRETS_FILE) or ())
 
 
 def main(argv: list[str]) -> None:
