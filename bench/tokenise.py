@@ -10,7 +10,8 @@ wholetext=True)`` renamed to ``text`` (driver/inputs.py's localDataDir) into ``d
 on the embedded Ray head. The raw rate: the same SentencePiece model (tests/support/tiny.py) encoding the
 same files in 16 kB line-aligned pieces (its fastest: runtime/long_documents.py) in a multiprocessing
 pool of one process per core, on a sample of
-``--raw-sample-mb``. Memory: RSS of this process (the driver's role) and the sum over the head's Ray worker
+``--raw-sample-mb``, measured before and after our path (this machine's speed drifts by +-10-20%
+between minutes): the ratio is against their mean. Memory: RSS of this process (the driver's role) and the sum over the head's Ray worker
 processes, sampled with psutil every second. Writes bench/results/tokenise.json; docs/BENCHMARKS.md shows it.
 """
 from __future__ import annotations
@@ -166,7 +167,7 @@ def run(work: Path, args) -> None:
     procs = os.cpu_count() or 1
     load0 = os.getloadavg()[0]
     raw = raw_rate(paths, model, args.raw_sample_mb * MB, procs)
-    print("raw:", raw, flush=True)
+    print("raw before:", raw, flush=True)
 
     from byzer_magic.runtime import cluster, token_store
     from byzer_magic.runtime.driver.tokenise import build_store
@@ -186,16 +187,20 @@ def run(work: Path, args) -> None:
     sampler.join()
     tokens = int(token_store.TokenStore.open(store).offsets[-1])
     ours = round(tokens / path_s)
+    cluster.stop_local_head()  # the raw rate again, as idle as before: this machine's speed drifts
+    after = raw_rate(paths, model, args.raw_sample_mb * MB, procs)
+    print("raw after:", after, flush=True)
+    raw_mean = round((raw["tokens_per_s"] + after["tokens_per_s"]) / 2)
     out = {
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, load average {load0:.1f} before, "
                    f"{os.getloadavg()[0]:.1f} after",
         "tokenizer": "SentencePiece BPE, vocab 512 (tests/support/tiny.py train_sentencepiece)",
         "corpus": {"bytes": sum(sizes), "files": len(sizes), "largest_mb": round(max(sizes) / MB, 1),
                    "files_over_50mb": sum(s >= 50 * MB for s in sizes), "generate_s": round(generate_s, 1)},
-        "raw_tokenizer": {**raw, "processes": procs},
+        "raw_tokenizer": {"before": raw, "after": after, "tokens_per_s": raw_mean, "processes": procs},
         "ours": {"tokens": tokens, "seconds": round(path_s, 1), "tokens_per_s": ours,
                  "head_start_s": round(head_s, 1)},
-        "ratio": round(ours / raw["tokens_per_s"], 3),
+        "ratio": round(ours / raw_mean, 3),
         "goal_ratio": 0.9,
         "peak_rss_mb": {"driver": round(sampler.driver / MB), "ray_workers_sum": round(sampler.workers / MB)},
         "command": "python bench/tokenise.py " + " ".join(sys.argv[1:]),

@@ -161,10 +161,42 @@ def test_tokenising_reads_one_piece_per_task(ray_cluster, data, tmp_path):
 
     tokenizer = str(train_sentencepiece(tmp_path / "tok"))
     pieces = -(-(data / "big.txt").stat().st_size // (64 * 1024))
+    (tmp_path / "pieces").mkdir()
     ds = tokenised(load_text(f"{data}/big.txt", wholetext=True, chunk_size=64 * 1024).rename_columns(
-        {"value": "text"}), {"tokenizer_path": tokenizer, "text_column": "text"}).materialize()
+        {"value": "text"}), {"tokenizer_path": tokenizer, "text_column": "text",
+                             "pieces_dir": str(tmp_path / "pieces")}).materialize()
     assert re.search(rf"\b{pieces} tasks executed", ds.stats()), ds.stats()
-    assert ds.count() == pieces  # a row per piece: its ids
+    assert ds.count() == pieces  # a row per piece, naming the files of its ids
+    assert len(list((tmp_path / "pieces").glob("*.bin"))) == pieces
+
+
+def test_store_from_tasks_equals_the_store_tokenised_here(ray_cluster, data, tmp_path):
+    """The tasks' pieces (driver/tokenise.py), joined in the input's order, give the store the driver
+    builds by tokenising the same rows itself: the same ids, documents and order; the pieces are gone."""
+    import numpy as np
+
+    from byzer_magic.runtime.driver.tokenise import build_store
+    from byzer_magic.runtime.tables import load_text
+    from byzer_magic.runtime.tables.paths import resolve
+    from byzer_magic.runtime.tables.text import read_text_here
+    from byzer_magic.runtime.token_store import TokenStore
+    from tests.support.tiny import train_sentencepiece
+
+    tokenizer = str(train_sentencepiece(tmp_path / "tok"))
+    files = tmp_path / "corpus"
+    files.mkdir()
+    for name in ("big.txt", "plain.tsv", "with_header.csv"):
+        (files / name).write_bytes((data / name).read_bytes())
+    files = str(files)
+    chunk = 32 * 1024  # big.txt in 16 pieces, read by 16 tasks
+    kwargs = {"tokenizer_path": tokenizer, "text_column": "value", "by_partition": False}
+    build_store(lambda: load_text(files, wholetext=True, chunk_size=chunk), tmp_path / "tasks", **kwargs)
+    build_store(None, tmp_path / "here", read_here=lambda: read_text_here(resolve(files), wholetext=True,
+                                                                          chunk_size=chunk), **kwargs)
+    tasks, here = TokenStore.open(tmp_path / "tasks"), TokenStore.open(tmp_path / "here")
+    assert tasks.documents == here.documents > 16 and np.array_equal(tasks.offsets, here.offsets)
+    assert np.array_equal(tasks.tokens, here.tokens) and tasks.tokens.dtype == np.uint16
+    assert not (tmp_path / "tasks.pieces").exists()
 
 
 def test_lines_stream_in_pieces(byzer, data):

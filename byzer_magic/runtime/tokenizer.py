@@ -55,8 +55,8 @@ class Tokenizer:
         """Token ids for each text, without BOS/EOS: packing decides where those go."""
         if not texts:
             return []
-        if self.kind == "sentencepiece":
-            return self.backend.encode(list(texts), out_type=int)
+        if self.kind == "sentencepiece":  # a call per text: its list form runs a thread pool, ~15% slower
+            return [self.backend.encode(text, out_type=int) for text in texts]
         if self.kind == "tokenizers":
             return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
         return self.backend(list(texts), add_special_tokens=False)["input_ids"]

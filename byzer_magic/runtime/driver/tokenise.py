@@ -1,13 +1,17 @@
 """Tokenise the job's input once, in Ray Data tasks on the cluster's CPUs, into the token store
 (``runtime/token_store.py``) that every worker reads.
 
-Tasks write token ids as parquet (streamed: no task holds more than its batch); the driver then lays
-those files end to end into the store, reading one batch at a time. With keepPartitionNum each input
-partition is tokenised by its own task, in order, and its documents are marked with its index.
+Each task tokenises one block of the input (a piece of load_text's files, or one partition) and writes
+its ids as a piece of the store, in the store's dtype, next to it (``<store>.pieces/``); it returns only
+the piece's name and counts. The driver then lays the pieces end to end into the store in the input's
+order: a file copy, no ids decoded or re-encoded. With keepPartitionNum each input partition is
+tokenised by its own task, in order, and its documents are marked with its index.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -15,23 +19,40 @@ import numpy as np
 import pyarrow as pa
 
 from byzer_magic.runtime import token_store
-from byzer_magic.runtime.tokenizer import cached_tokenizer
+from byzer_magic.runtime.tokenizer import Tokenizer, cached_tokenizer
 
-_BATCH = 256
+_BATCH = 256  # documents per tokenizer call when tokenising in this process
 _IN_FLIGHT = 8  # partition tasks at once (each holds one partition's rows)
 
 
-def tokenize_batch(batch: pa.Table, *, tokenizer_path: str, text_column: str = "text") -> pa.Table:
-    """Arrow batch of documents -> Arrow batch of token ids (end-of-text appended) and their counts."""
-    tok = cached_tokenizer(tokenizer_path)
-    texts = [t or "" for t in batch.column(text_column).to_pylist()]
-    ids = tok.encode_documents(texts)
-    eos = np.array([tok.eos_id], dtype=np.int32)
-    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
-    np.cumsum([len(x) + 1 for x in ids], out=offsets[1:])
-    flat = np.concatenate([part for x in ids for part in (x, eos)]) if ids else np.empty(0, np.int32)
-    return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-                     "n": pa.array(np.diff(offsets))})
+def encoded(texts: list[str | None], tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """The documents' ids end to end, an end-of-text after each, in the store's dtype; each one's length."""
+    ids = tok.encode_documents([t or "" for t in texts])
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    ends = np.cumsum(lengths)
+    flat = np.empty(int(ends[-1]) if len(ends) else 0, dtype=token_store.token_dtype(tok.vocab_size))
+    for x, end in zip(ids, ends.tolist()):
+        flat[end - 1 - len(x):end - 1] = x
+    flat[ends - 1] = tok.eos_id
+    return flat, lengths
+
+
+def count_tokens(batch: pa.Table, *, tokenizer_path: str, text_column: str) -> pa.Table:
+    """Each document's token count, end-of-text included (the plan's estimate: kernel/plan.py)."""
+    _, lengths = encoded(batch.column(text_column).to_pylist(), cached_tokenizer(tokenizer_path))
+    return pa.table({"n": lengths})
+
+
+def write_piece(batch: pa.Table, *, tokenizer_path: str, text_column: str, pieces_dir: str,
+                part: int = -1) -> pa.Table:
+    """Tokenise a block of documents into ``<pieces_dir>/<name>.bin`` (the ids) and ``<name>.npy`` (the
+    documents' lengths); a row naming the piece, its documents and ``part`` (keepPartitionNum's index)."""
+    flat, lengths = encoded(batch.column(text_column).to_pylist(), cached_tokenizer(tokenizer_path))
+    name = uuid.uuid4().hex
+    with open(Path(pieces_dir) / f"{name}.bin", "wb") as out:
+        out.write(flat)
+    np.save(Path(pieces_dir) / f"{name}.npy", lengths)
+    return pa.table({"piece": [name], "documents": [len(lengths)], "part": pa.array([part], pa.int32())})
 
 
 def build_store(make_dataset: Callable[[], object], store_dir: Path, *, tokenizer_path: str, text_column: str,
@@ -41,90 +62,96 @@ def build_store(make_dataset: Callable[[], object], store_dir: Path, *, tokenize
     rows as Arrow tables, tokenised in this process instead (a small input: driver/inputs.py), or None."""
     if token_store.is_built(store_dir):
         return token_store.TokenStore.open(store_dir).partitions
+    vocab = cached_tokenizer(tokenizer_path).vocab_size
     here = None if by_partition else read_here()
     if here is not None:
-        vocab = cached_tokenizer(tokenizer_path).vocab_size
         token_store.write_store(store_dir, _tokenised_here(here, tokenizer_path, text_column), vocab_size=vocab)
         return 0
-    ds = make_dataset()
-    cache = store_dir.with_name(store_dir.name + ".parquet")
-    shutil.rmtree(cache, ignore_errors=True)
-    kwargs = {"tokenizer_path": tokenizer_path, "text_column": text_column}
-    partitions = _tokenise_partitions(ds, cache, kwargs) if by_partition else 0
-    if not by_partition:
-        tokenised(ds, kwargs).write_parquet(str(cache))
-    vocab = cached_tokenizer(tokenizer_path).vocab_size
-    token_store.write_store(store_dir, _cached_batches(cache, by_partition), vocab_size=vocab,
-                             partitions=partitions)
-    shutil.rmtree(cache, ignore_errors=True)
+    pieces_dir = store_dir.with_name(store_dir.name + ".pieces")
+    shutil.rmtree(pieces_dir, ignore_errors=True)
+    pieces_dir.mkdir(parents=True)
+    kwargs = {"tokenizer_path": tokenizer_path, "text_column": text_column, "pieces_dir": str(pieces_dir)}
+    source = make_dataset()
+    if by_partition:
+        rows = _tokenise_partitions(source, kwargs)
+    else:
+        from ray.data import ExecutionResources  # noqa: PLC0415
+
+        source.context.execution_options.preserve_order = True  # the pieces in the input's order
+        source.context.execution_options.resource_limits = ExecutionResources(cpu=task_slots())
+        rows = tokenised(source, kwargs).take_all()
+    partitions = len(rows) if by_partition else 0
+    token_store.join_pieces(store_dir, _pieces(pieces_dir, rows, by_partition), vocab_size=vocab,
+                            partitions=partitions)
+    shutil.rmtree(pieces_dir, ignore_errors=True)
     return partitions
 
 
 def tokenised(ds, kwargs: dict):
-    """``ds``'s text as token ids, a block per call: a batch size in rows would be fused with load_text's
-    read (tables/text.py) into one task reading that many of its pieces (up to 64 MB each: a 1 GB corpus
-    was one task, all of it in memory), where a block is one piece."""
-    return ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+    """``ds``'s text written as pieces (``write_piece``), a block per task: a batch size in rows would be
+    fused with load_text's read (tables/text.py) into one task reading that many of its pieces (up to
+    64 MB each: a 1 GB corpus was one task, all of it in memory), where a block is one piece."""
+    return ds.map_batches(write_piece, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
                           fn_kwargs=kwargs)
 
 
-def _tokenise_partitions(source, cache: Path, kwargs: dict) -> int:
-    """One task per partition, in order, each writing ``part-<i>.parquet``; at most ``_IN_FLIGHT`` at
-    once. ``source``: a Dataset whose blocks are the partitions (the plan preserves their order), or a
-    list of parquet files, one per partition (the kernel's snapshot)."""
+def task_slots() -> int:
+    """The cluster's CPU slots, counting this node's as at most its cores: the embedded head has more slots
+    than cores (runtime/cluster.py default_num_cpus), and tokenising tasks beyond the cores slow each other
+    (a 256 MB corpus on 2 cores: 4.2M tokens/s with 8 slots, 5.3M with 2)."""
     import ray  # noqa: PLC0415
 
-    cache.mkdir(parents=True)
+    here = ray.get_runtime_context().get_node_id()
+    slots = 0.0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            cpus = node.get("Resources", {}).get("CPU", 0)
+            slots += min(cpus, os.cpu_count() or 1) if node["NodeID"] == here else cpus
+    return max(1, int(slots))
+
+
+def _tokenise_partitions(source, kwargs: dict) -> list[dict]:
+    """One task per partition, in order; at most ``_IN_FLIGHT`` at once. ``source``: a Dataset whose
+    blocks are the partitions (the plan preserves their order), or a list of parquet files, one per
+    partition (the kernel's snapshot). The pieces' rows, in the partitions' order."""
+    import ray  # noqa: PLC0415
+
     if isinstance(source, list):
         blocks = iter(source)
     else:
         source.context.execution_options.preserve_order = True
         blocks = (block for bundle in source.iter_internal_ref_bundles() for block in bundle.block_refs)
     task = ray.remote(num_cpus=1)(_tokenise_partition)
-    pending, index = [], 0
-    for block in blocks:
-        pending.append(task.remote(block, str(cache / f"part-{index:06d}.parquet"), index, kwargs))
-        index += 1
-        if len(pending) >= _IN_FLIGHT:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
-    ray.get(pending)
-    return index
+    pending, done, in_flight = [], [], min(_IN_FLIGHT, task_slots())
+    for index, block in enumerate(blocks):
+        pending.append(task.remote(block, index, kwargs))
+        if len(pending) >= in_flight:
+            done.extend(ray.get(pending[:1]))
+            pending = pending[1:]
+    return done + ray.get(pending)
 
 
-def _tokenise_partition(block, path: str, index: int, kwargs: dict) -> None:
+def _tokenise_partition(block, index: int, kwargs: dict) -> dict:
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     if isinstance(block, str):
         block = pq.read_table(block, columns=[kwargs["text_column"]])
     table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-    pieces = [tokenize_batch(b, **kwargs) for b in table.to_batches(max_chunksize=_BATCH)] or \
-        [tokenize_batch(table.slice(0, 0), **kwargs)]
-    tokens = pa.concat_tables(pieces)
-    pq.write_table(tokens.append_column("part", pa.array([index] * tokens.num_rows, pa.int32())), path)
+    return write_piece(table, part=index, **kwargs).to_pylist()[0]
 
 
 def _tokenised_here(tables: Iterable[pa.Table], tokenizer_path: str,
                     text_column: str) -> Iterator[tuple[np.ndarray, np.ndarray, None]]:
+    tok = cached_tokenizer(tokenizer_path)
     for table in tables:
         for batch in table.to_batches(max_chunksize=_BATCH):
-            ids = tokenize_batch(pa.Table.from_batches([batch]), tokenizer_path=tokenizer_path,
-                                 text_column=text_column).column("ids").combine_chunks()
-            yield *_flat(ids), None
+            yield *encoded(batch.column(text_column).to_pylist(), tok), None
 
 
-def _flat(ids: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
-    """A list column of token ids as (the ids end to end, each row's length)."""
-    offsets = ids.offsets.to_numpy()
-    return ids.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]], np.diff(offsets)
-
-
-def _cached_batches(cache: Path, by_partition: bool) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """The parquet files' batches in a fixed order (file name, then row): (flat ids, lengths, parts)."""
-    import pyarrow.parquet as pq  # noqa: PLC0415
-
-    for path in sorted(cache.rglob("*.parquet")):
-        columns = ["ids", "part"] if by_partition else ["ids"]
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=columns):
-            parts = batch.column(1).to_numpy(zero_copy_only=False) if by_partition else None
-            yield *_flat(batch.column(0)), parts
+def _pieces(pieces_dir: Path, rows: list[dict],
+            by_partition: bool) -> Iterator[tuple[Path, np.ndarray, np.ndarray | None]]:
+    """The pieces' (ids file, lengths, parts) in ``rows``' order."""
+    for row in rows:
+        lengths = np.load(pieces_dir / f"{row['piece']}.npy")
+        yield pieces_dir / f"{row['piece']}.bin", lengths, \
+            np.full(len(lengths), row["part"], np.int32) if by_partition else None

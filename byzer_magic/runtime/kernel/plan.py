@@ -333,9 +333,9 @@ def tokenizer_path(config: ParallelConfig) -> str:
 
 
 def _count_batch(batch, *, tokenizer_path: str, text_column: str):
-    from byzer_magic.runtime.driver.tokenise import tokenize_batch  # noqa: PLC0415
+    from byzer_magic.runtime.driver.tokenise import count_tokens  # noqa: PLC0415
 
-    return tokenize_batch(batch, tokenizer_path=tokenizer_path, text_column=text_column).select(["n"])
+    return count_tokens(batch, tokenizer_path=tokenizer_path, text_column=text_column)
 
 
 def count_input_tokens(config: ParallelConfig):
@@ -352,7 +352,7 @@ def count_input_tokens(config: ParallelConfig):
         ds, column = load_text(args.data_dir, wholetext=True), "value"
     else:
         raise ByzerError("no training data: set inputTable (a table with a `text` column) or localDataDir")
-    counts = ds.map_batches(_count_batch, batch_format="pyarrow", batch_size=256, zero_copy_batch=True,
+    counts = ds.map_batches(_count_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
                             fn_kwargs={"tokenizer_path": tokenizer_path(config), "text_column": column})
     parts = [batch["n"] for batch in counts.iter_batches(batch_format="numpy", batch_size=None)]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
