@@ -68,6 +68,26 @@ def where_byzer_magic_comes_from():
 """
 
 
+@pytest.mark.parametrize("printed_first", [True, False])
+def test_the_gcs_address_is_read_from_either_order_of_the_job_log(printed_first):
+    from byzer_magic.runtime.remote import reported_gcs
+
+    lines = ["byzer-magic-gcs=10.0.0.5:6379",
+             'Running entrypoint for job raysubmit_x: echo "byzer-magic-gcs=$RAY_ADDRESS"']
+    log = "INFO job_manager.py:581 -- Runtime env is setting up.\n" + "\n".join(
+        lines if printed_first else lines[::-1]) + "\n"
+    assert reported_gcs(log) == "10.0.0.5:6379"
+    assert reported_gcs(lines[1]) is None
+
+
+def test_the_dashboard_reports_the_gcs_address(ray_cluster):
+    """A one-line Ray Job prints the GCS address (remote.py gcs_from_dashboard); Ray's job log also
+    holds the entrypoint itself, ``$RAY_ADDRESS`` unexpanded, which is not the answer."""
+    from byzer_magic.runtime.remote import gcs_from_dashboard
+
+    assert gcs_from_dashboard(ray_cluster.dashboard_url) == ray_cluster.address
+
+
 @pytest.mark.slow
 def test_a_job_on_a_two_node_cluster_without_byzer_magic(tmp_path):
     from tests.support.kernels import Kernel

@@ -92,15 +92,21 @@ def gcs_from_dashboard(url: str, timeout: float = 120) -> str:
         time.sleep(0.5)
     logs = client.get_job_logs(job)
     client.delete_job(job)
-    found = re.search(r"byzer-magic-gcs=(\S+)", logs)
-    if not found:
+    gcs = reported_gcs(logs)
+    if gcs is None:
         raise ByzerError(f"the Ray cluster at {url} did not report its GCS address (job log: {logs[-300:]!r})")
-    gcs = found[1]
     host = parse_address(url).host
     gcs_host, _, port = gcs.rpartition(":")
     if gcs_host in ("127.0.0.1", "localhost") and host not in ("127.0.0.1", "localhost"):
         gcs = f"{host}:{port}"
     return gcs
+
+
+def reported_gcs(logs: str) -> str | None:
+    """The address the one-line job printed. Its log also holds Ray's "Running entrypoint for job ...:
+    echo ..." line, the variable unexpanded, written before or after the job's output."""
+    found = re.findall(r"byzer-magic-gcs=([^\s\"$]+:\d+)", logs)
+    return found[-1] if found else None
 
 
 def connect(address: str, dial) -> tuple[str, str]:
