@@ -3,7 +3,7 @@
 
 Each task tokenises one block of the input (a piece of load_text's files, or one partition) and writes
 its ids as a piece of the store, in the store's dtype, next to it (``<store>.pieces/``); it returns only
-the piece's name and counts. The driver then lays the pieces end to end into the store in the input's
+the piece's name. The driver then lays the pieces end to end into the store in the input's
 order: a file copy, no ids decoded or re-encoded. With keepPartitionNum each input partition is
 tokenised by its own task, in order, and its documents are marked with its index.
 """
@@ -46,13 +46,13 @@ def count_tokens(batch: pa.Table, *, tokenizer_path: str, text_column: str) -> p
 def write_piece(batch: pa.Table, *, tokenizer_path: str, text_column: str, pieces_dir: str,
                 part: int = -1) -> pa.Table:
     """Tokenise a block of documents into ``<pieces_dir>/<name>.bin`` (the ids) and ``<name>.npy`` (the
-    documents' lengths); a row naming the piece, its documents and ``part`` (keepPartitionNum's index)."""
+    documents' lengths); a row naming the piece and ``part`` (keepPartitionNum's index)."""
     flat, lengths = encoded(batch.column(text_column).to_pylist(), cached_tokenizer(tokenizer_path))
     name = uuid.uuid4().hex
     with open(Path(pieces_dir) / f"{name}.bin", "wb") as out:
         out.write(flat)
     np.save(Path(pieces_dir) / f"{name}.npy", lengths)
-    return pa.table({"piece": [name], "documents": [len(lengths)], "part": pa.array([part], pa.int32())})
+    return pa.table({"piece": [name], "part": pa.array([part], pa.int32())})
 
 
 def build_store(make_dataset: Callable[[], object], store_dir: Path, *, tokenizer_path: str, text_column: str,
