@@ -252,8 +252,16 @@ def test_monitoring_notebook_trains_and_the_monitor_follows(ray_cluster, tmp_pat
         frame.wait_for(state="attached", timeout=120_000)
         assert frame.get_attribute("src").startswith("/proxy/"), frame.get_attribute("src")
         frame.scroll_into_view_if_needed()
-        page.frame_locator("iframe.byzer-tensorboard").first.get_by_text("train/loss").first.wait_for(
-            timeout=180_000)
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+        board = page.frame_locator("iframe.byzer-tensorboard").first
+        try:
+            board.get_by_text("train/loss").first.wait_for(timeout=180_000)
+        except PlaywrightTimeoutError:
+            shown = board.locator("body").inner_text(timeout=10_000)
+            screenshot(frame, "tensorboard-without-the-loss")
+            raise AssertionError(f"TensorBoard's page shows no train/loss; it shows: {shown[:3000]!r}\n"
+                                 f"{outputs()}") from None
 
         wait_all_cells_ran(page, timeout=600)  # the last cells: wait for the end, the result row
         texts = cell_outputs_text(page)

@@ -80,6 +80,36 @@ def test_the_gcs_address_is_read_from_either_order_of_the_job_log(printed_first)
     assert reported_gcs(lines[1]) is None
 
 
+def test_a_submission_waits_for_a_new_heads_job_agent(monkeypatch):
+    """A head that has just started answers "No available agent" until its job agent registers (the
+    two-node test met it connecting through the dashboard): every submission waits for it, other
+    errors are raised at once. The client stands in for the answers Ray gave."""
+    from byzer_magic.runtime import remote
+
+    class Client:
+        def __init__(self, answers):
+            self.answers, self.calls = list(answers), 0
+
+        def submit_job(self, **job):
+            self.calls += 1
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    monkeypatch.setattr(remote.time, "sleep", lambda s: None)
+    busy = RuntimeError("Request failed with status code 500: No available agent to submit job, please try again later..")
+    client = Client([busy, busy, "raysubmit_1"])
+    assert remote.submit_job(client, entrypoint="echo") == "raysubmit_1" and client.calls == 3
+    client = Client([RuntimeError("Job with submission_id x already exists.")])
+    with pytest.raises(RuntimeError, match="already exists"):
+        remote.submit_job(client, entrypoint="echo")
+    client = Client([busy] * 3)
+    with pytest.raises(RuntimeError, match="No available agent"):
+        remote.submit_job(client, agent_wait=0, entrypoint="echo")
+    assert client.calls == 1
+
+
 def test_the_dashboard_reports_the_gcs_address(ray_cluster):
     """A one-line Ray Job prints the GCS address (remote.py gcs_from_dashboard); Ray's job log also
     holds the entrypoint itself, ``$RAY_ADDRESS`` unexpanded, which is not the answer."""

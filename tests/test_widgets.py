@@ -176,6 +176,24 @@ def test_monitor_output_carries_a_static_picture_kept_current(job, monkeypatch):
     monitor.close()
 
 
+def test_a_wait_that_sees_the_end_updates_the_monitors_picture_at_once(job, monkeypatch):
+    """A notebook waits for its job in a later cell, through another handle, and is saved as soon as the
+    cell ends: the monitor's picture already shows the end, whatever its polling thread's interval."""
+    shell, outputs = _recording_shell(monkeypatch)
+    monitor = JobMonitor(job, refresh=3600)  # its thread would next look in an hour
+    shell.user_ns["monitor"] = monitor
+    shell.run_cell("monitor")
+    assert monitor.polling and "data-status='RUNNING'" in outputs[-1]["data"]["text/html"]
+    log_steps(job.job_dir, 6, TOTAL)
+    job.fake_status = "SUCCEEDED"  # the monitor's handle and the one waited on read the same job
+    assert FakeJob("demo", job.job_dir, status="SUCCEEDED").wait(timeout=5) == "SUCCEEDED"
+    last = outputs[-1]
+    assert last["update"] and "data-status='SUCCEEDED'" in last["data"]["text/html"]
+    assert 'data-points="20"' in last["data"]["text/html"]
+    monitor.close()
+    assert not monitor.polling
+
+
 def test_every_widget_output_has_a_static_picture(monkeypatch, tmp_path):
     shell, outputs = _recording_shell(monkeypatch)
     form = ConfigForm(TABLES)

@@ -74,6 +74,19 @@ def _auth_headers() -> dict[str, str]:
     return get_auth_headers_if_auth_enabled({})
 
 
+def submit_job(client, *, agent_wait: float = 90, **job) -> str:
+    """``client.submit_job(**job)``, waiting up to ``agent_wait`` seconds for a head that has just
+    started: its Jobs API answers "No available agent" until its job agent has registered."""
+    deadline = time.time() + agent_wait
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            time.sleep(2)
+
+
 def gcs_from_dashboard(url: str, timeout: float = 120) -> str:
     """The GCS address of the cluster whose Jobs API is at ``url``: a Ray Job prints the RAY_ADDRESS
     Ray gives its entrypoint (then it is deleted). A loopback answer is replaced by ``url``'s host."""
@@ -81,8 +94,8 @@ def gcs_from_dashboard(url: str, timeout: float = 120) -> str:
 
     try:
         client = JobSubmissionClient(url)
-        job = client.submit_job(entrypoint='echo "byzer-magic-gcs=$RAY_ADDRESS"',
-                                submission_id=f"byzer-magic-address-{uuid.uuid4().hex[:8]}")
+        job = submit_job(client, entrypoint='echo "byzer-magic-gcs=$RAY_ADDRESS"',
+                         submission_id=f"byzer-magic-address-{uuid.uuid4().hex[:8]}")
     except Exception as err:  # noqa: BLE001 - Ray raises several kinds here; each means "no Jobs API"
         raise ByzerError(f"no Ray Jobs API answers at {url}: {err}") from None
     deadline = time.time() + timeout

@@ -15,6 +15,7 @@ import time
 
 import ipywidgets as widgets
 
+from byzer_magic.runtime.kernel import job_watchers
 from byzer_magic.runtime.kernel.jobs import TERMINAL, JobHandle
 from byzer_magic.widgets.loss_plot import LossPlot
 from byzer_magic.widgets.static import StaticFallback
@@ -68,6 +69,7 @@ class JobMonitor(StaticFallback, widgets.VBox):
             widgets.HBox([self.stop_button, self.logs_button, self.tensorboard_button]),
             self.message, self.logs, self.tensorboard_box])
         self.refresh_now()
+        job_watchers.on_end(handle.job_dir, self._job_ended)
         if start and self.status not in TERMINAL:
             self._thread = threading.Thread(target=self._poll, name=f"byzer-monitor-{handle.name}", daemon=True)
             self._thread.start()
@@ -151,6 +153,12 @@ class JobMonitor(StaticFallback, widgets.VBox):
                 return
             # Reading a long run's metrics takes time: never spend more than a fifth of it polling.
             interval = max(self.refresh, 5 * (time.time() - began))
+
+    def _job_ended(self, _status: str) -> None:
+        """A wait in this kernel saw the job end: show it now, not at the polling thread's next turn (the
+        cell that waited may be the notebook's last before it is saved)."""
+        if not self._closed.is_set() and self.status not in TERMINAL:
+            self.refresh_now()
 
     @property
     def polling(self) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from byzer_magic.errors import ByzerError, did_you_mean
 from byzer_magic.runtime.home import default_jobs_dir
 from byzer_magic.runtime.jobfiles import JobFiles
+from byzer_magic.runtime.kernel import job_watchers
 from byzer_magic.runtime.spec import JobLayout, JobSpec
 from byzer_magic.runtime.worker.metrics import read_metrics
 
@@ -223,7 +224,10 @@ class JobHandle:
             status = self.status()
             if progress:
                 progress(self)
-            if status in TERMINAL or (deadline and time.time() > deadline):
+            if status in TERMINAL:
+                job_watchers.ended(self.job_dir, status)  # its monitors show the end before the cell goes on
+                return status
+            if deadline and time.time() > deadline:
                 return status
             time.sleep(poll)
 

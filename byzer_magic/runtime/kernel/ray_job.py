@@ -1,6 +1,6 @@
 """Submit a job's driver as a Ray Job (the Jobs API on the cluster's dashboard): what the driver
 process gets (its entrypoint, environment and metadata), and the retry while a new head's job agent
-starts. The one place a Ray Job is created (a new job and a resume).
+starts (remote.submit_job). The one place a Ray Job is created (a new job and a resume).
 
 On the embedded head the driver runs this kernel's Python, where byzer-magic is installed. On any
 other cluster the job ships byzer-magic itself (``runtime_env.py_modules``) and, through
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 
 from byzer_magic.errors import ByzerError
-from byzer_magic.runtime import cluster, job_env
+from byzer_magic.runtime import cluster, job_env, remote
 from byzer_magic.runtime.kernel.jobs import METADATA_KEY
 from byzer_magic.runtime.spec import JobSection
 
@@ -49,18 +48,11 @@ def submit_ray_job(job: JobSection, info: cluster.ClusterInfo) -> None:
 
     entrypoint, runtime_env = runtime_env_for(job.job_dir, info)
     client = JobSubmissionClient(info.dashboard_url)
-    deadline = time.time() + 90
-    while True:
-        try:
-            client.submit_job(
-                entrypoint=entrypoint, submission_id=job.submission_id,
-                metadata={METADATA_KEY: "1", "name": job.name, "job_dir": job.job_dir},
-                runtime_env=runtime_env)
-            return
-        except RuntimeError as err:
-            # A head that has just started has no job agent for a few seconds.
-            if "No available agent" not in str(err) or time.time() > deadline:
-                if "already exists" in str(err):
-                    raise ByzerError(f"the cluster already has a job named {job.submission_id!r}") from None
-                raise
-            time.sleep(2)
+    try:
+        remote.submit_job(client, entrypoint=entrypoint, submission_id=job.submission_id,
+                          metadata={METADATA_KEY: "1", "name": job.name, "job_dir": job.job_dir},
+                          runtime_env=runtime_env)
+    except RuntimeError as err:
+        if "already exists" in str(err):
+            raise ByzerError(f"the cluster already has a job named {job.submission_id!r}") from None
+        raise
