@@ -12,7 +12,8 @@ same files in 16 kB line-aligned pieces (its fastest: runtime/long_documents.py)
 pool of one process per core, on a sample of
 ``--raw-sample-mb``, measured before and after our path (this machine's speed drifts by +-10-20%
 between minutes): the ratio is against their mean. Memory: RSS of this process (the driver's role) and the sum over the head's Ray worker
-processes, sampled with psutil every second. Writes bench/results/tokenise.json; docs/BENCHMARKS.md shows it.
+processes, sampled with psutil every second. From Ray's task events: when the tokenising tasks ran and
+the core-seconds outside them. Writes bench/results/tokenise.json; docs/BENCHMARKS.md shows it.
 """
 from __future__ import annotations
 
@@ -138,6 +139,26 @@ class MemorySampler(threading.Thread):
             self.stop.wait(self.every)
 
 
+def task_timeline(began: float, seconds: float, cores: int) -> dict:
+    """Where our path's core-seconds went, from Ray's task events: the tokenising tasks' count, when the
+    first started and the last ended (seconds into the path), their busy core-seconds, and what the cores
+    spent outside them (start, the tail, the driver's joins)."""
+    from ray.util.state import list_tasks
+
+    time.sleep(3)  # task events reach the GCS about a second after the task ends
+    tasks = [t for t in list_tasks(detail=True, limit=10_000, raise_on_missing_output=False)
+             if "write_piece" in t.name and t.start_time_ms and t.end_time_ms]
+    if not tasks:
+        return {}
+    starts = sorted(t.start_time_ms / 1000 - began for t in tasks)
+    ends = sorted(t.end_time_ms / 1000 - began for t in tasks)
+    busy = sum(t.end_time_ms - t.start_time_ms for t in tasks) / 1000
+    return {"count": len(tasks), "first_start_s": round(starts[0], 1),
+            "second_start_s": round(starts[min(1, len(starts) - 1)], 1), "last_end_s": round(ends[-1], 1),
+            "next_to_last_end_s": round(ends[max(len(ends) - 2, 0)], 1), "busy_core_s": round(busy, 1),
+            "idle_core_s": round(cores * seconds - busy, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=1024)
@@ -185,6 +206,8 @@ def run(work: Path, args) -> None:
     path_s = time.time() - t2
     sampler.stop.set()
     sampler.join()
+    timeline = task_timeline(t2, path_s, procs)
+    print("tasks:", timeline, flush=True)
     tokens = int(token_store.TokenStore.open(store).offsets[-1])
     ours = round(tokens / path_s)
     cluster.stop_local_head()  # the raw rate again, as idle as before: this machine's speed drifts
@@ -199,7 +222,7 @@ def run(work: Path, args) -> None:
                    "files_over_50mb": sum(s >= 50 * MB for s in sizes), "generate_s": round(generate_s, 1)},
         "raw_tokenizer": {"before": raw, "after": after, "tokens_per_s": raw_mean, "processes": procs},
         "ours": {"tokens": tokens, "seconds": round(path_s, 1), "tokens_per_s": ours,
-                 "head_start_s": round(head_s, 1)},
+                 "head_start_s": round(head_s, 1), "tasks": timeline},
         "ratio": round(ours / raw_mean, 3),
         "goal_ratio": 0.9,
         "peak_rss_mb": {"driver": round(sampler.driver / MB), "ray_workers_sum": round(sampler.workers / MB)},

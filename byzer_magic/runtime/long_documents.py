@@ -56,34 +56,51 @@ def continuation_encoder(encode: Encode, kind: str, backend) -> Encode | None:
     return None
 
 
+def encode_flat(texts: list[str], encode: Encode, rest: Encode | None, *, eos: int, dtype,
+                call_chars: int = CALL_CHARS) -> tuple[np.ndarray, np.ndarray]:
+    """The texts' ids end to end, ``eos`` after each, as one array of ``dtype``, and each text's length
+    (its ``eos`` included). Short texts (all of them when ``rest`` is None) by ``encode``, long ones as
+    their first segment by ``encode`` and the others by ``rest``. The tokenizer is called on about
+    ``call_chars`` characters of segments at a time, in the texts' order, and each list of Python ints it
+    returns becomes an array at once, so that a 64 MB piece never exists as one list (~36 bytes a token);
+    the smaller the call, the likelier its ints are still in the CPU's cache (``SEGMENT``: ~5% faster
+    than 1M characters with SentencePiece, whose calls are a text each anyway)."""
+    lengths = np.zeros(len(texts), np.int64)
+    arrays: list[np.ndarray] = []
+    batch: list[tuple[int, bool, bool, str]] = []  # (text, first segment, last segment, segment)
+    end_of_text = np.array([eos], dtype=dtype)
+
+    def flush() -> None:
+        firsts = iter(encode([seg for _, first, _, seg in batch if first]))
+        rests = iter(rest([seg for _, first, _, seg in batch if not first]) if rest is not None else ())
+        for doc, first, last, _ in batch:
+            ids = next(firsts) if first else next(rests)
+            arrays.append(np.fromiter(ids, dtype=dtype, count=len(ids)))
+            if last:
+                arrays.append(end_of_text)
+            lengths[doc] += len(ids) + last
+        batch.clear()
+
+    held = 0
+    for doc, text in enumerate(texts):
+        segments = line_segments(text) if rest is not None else [text]
+        for index, segment in enumerate(segments):
+            batch.append((doc, index == 0, index == len(segments) - 1, segment))
+            held += len(segment)
+            if held >= call_chars:
+                flush()
+                held = 0
+    if batch:
+        flush()
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype), lengths
+
+
 def encode_documents(texts: list[str], encode: Encode, rest: Encode | None,
                      call_chars: int = CALL_CHARS) -> list[np.ndarray]:
-    """Each text's ids as an int32 array: short ones (and all of them when ``rest`` is None) by
-    ``encode``, long ones as their first segment by ``encode`` and the others by ``rest``, joined. The
-    tokenizer is called on about ``call_chars`` characters at a time and its lists of Python ints become
-    arrays at once, so that a 64 MB piece never exists as one list (~36 bytes a token)."""
-    parts: list[list[tuple[int, np.ndarray]]] = [[] for _ in texts]
-    pending: dict[bool, list[tuple[int, int, str]]] = {True: [], False: []}  # first segment or not
-    held = {True: 0, False: 0}
-
-    def flush(first: bool) -> None:
-        items = pending[first]
-        if items:
-            encoded = (encode if first else rest)([text for _, _, text in items])
-            for (doc, index, _), ids in zip(items, encoded):
-                parts[doc].append((index, np.fromiter(ids, dtype=np.int32, count=len(ids))))  # ~30% under asarray
-        pending[first], held[first] = [], 0
-
-    for doc, text in enumerate(texts):
-        for index, segment in enumerate(line_segments(text) if rest is not None else [text]):
-            first = index == 0
-            pending[first].append((doc, index, segment))
-            held[first] += len(segment)
-            if held[first] >= call_chars:
-                flush(first)
-    flush(True)
-    flush(False)
-    return [np.concatenate([ids for _, ids in sorted(p, key=lambda part: part[0])]) for p in parts]
+    """Each text's ids as an int32 array (``encode_flat``'s, cut at the texts' ends)."""
+    flat, lengths = encode_flat(texts, encode, rest, eos=0, dtype=np.int32, call_chars=call_chars)
+    ends = np.cumsum(lengths)
+    return [flat[end - n:end - 1] for end, n in zip(ends.tolist(), lengths.tolist())]
 
 
 def _exact_on(probe: str, encode: Encode, rest: Encode) -> bool:

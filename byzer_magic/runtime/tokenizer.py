@@ -66,6 +66,13 @@ class Tokenizer:
         the same ids (runtime/long_documents.py), several times faster with SentencePiece."""
         return long_documents.encode_documents(texts, self.encode_batch, self._continuation)
 
+    def encode_flat(self, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_documents``' ids end to end with ``eos_id`` after each, as one ``dtype`` array, and each
+        document's length with its end-of-text (the token store's form: runtime/token_store.py)."""
+        calls = long_documents.SEGMENT if self.kind == "sentencepiece" else long_documents.CALL_CHARS
+        return long_documents.encode_flat(texts, self.encode_batch, self._continuation, eos=self.eos_id,
+                                          dtype=dtype, call_chars=calls)
+
     @functools.cached_property  # probed once per process (the object pickles as its path)
     def _continuation(self):
         return long_documents.continuation_encoder(self.encode_batch, self.kind, self.backend)

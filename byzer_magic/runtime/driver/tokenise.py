@@ -3,9 +3,10 @@
 
 Each task tokenises one block of the input (a piece of load_text's files, or one partition) and writes
 its ids as a piece of the store, in the store's dtype, next to it (``<store>.pieces/``); it returns only
-the piece's name. The driver then lays the pieces end to end into the store in the input's
-order: a file copy, no ids decoded or re-encoded. With keepPartitionNum each input partition is
-tokenised by its own task, in order, and its documents are marked with its index.
+the piece's name. The driver lays the pieces end to end into the store in the input's order as they
+come, while the tasks tokenise the next ones: a file copy, no ids decoded or re-encoded. With
+keepPartitionNum each input partition is tokenised by its own task, in order, and its documents are
+marked with its index.
 """
 from __future__ import annotations
 
@@ -27,14 +28,7 @@ _IN_FLIGHT = 8  # partition tasks at once (each holds one partition's rows)
 
 def encoded(texts: list[str | None], tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """The documents' ids end to end, an end-of-text after each, in the store's dtype; each one's length."""
-    ids = tok.encode_documents([t or "" for t in texts])
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    ends = np.cumsum(lengths)
-    flat = np.empty(int(ends[-1]) if len(ends) else 0, dtype=token_store.token_dtype(tok.vocab_size))
-    for x, end in zip(ids, ends.tolist()):
-        flat[end - 1 - len(x):end - 1] = x
-    flat[ends - 1] = tok.eos_id
-    return flat, lengths
+    return tok.encode_flat([t or "" for t in texts], dtype=token_store.token_dtype(tok.vocab_size))
 
 
 def count_tokens(batch: pa.Table, *, tokenizer_path: str, text_column: str) -> pa.Table:
@@ -79,7 +73,7 @@ def build_store(make_dataset: Callable[[], object], store_dir: Path, *, tokenize
 
         source.context.execution_options.preserve_order = True  # the pieces in the input's order
         source.context.execution_options.resource_limits = ExecutionResources(cpu=task_slots())
-        rows = tokenised(source, kwargs).take_all()
+        rows = tokenised(source, kwargs).iter_rows()  # each piece joined as soon as those before it are
     partitions = len(rows) if by_partition else 0
     token_store.join_pieces(store_dir, _pieces(pieces_dir, rows, by_partition), vocab_size=vocab,
                             partitions=partitions)
@@ -148,10 +142,13 @@ def _tokenised_here(tables: Iterable[pa.Table], tokenizer_path: str,
             yield *encoded(batch.column(text_column).to_pylist(), tok), None
 
 
-def _pieces(pieces_dir: Path, rows: list[dict],
+def _pieces(pieces_dir: Path, rows: Iterable[dict],
             by_partition: bool) -> Iterator[tuple[Path, np.ndarray, np.ndarray | None]]:
-    """The pieces' (ids file, lengths, parts) in ``rows``' order."""
+    """The pieces' (ids file, lengths, parts) in ``rows``' order, as the rows come (the tasks may still be
+    tokenising the next ones); each piece's files are removed once the store has taken it."""
     for row in rows:
-        lengths = np.load(pieces_dir / f"{row['piece']}.npy")
-        yield pieces_dir / f"{row['piece']}.bin", lengths, \
-            np.full(len(lengths), row["part"], np.int32) if by_partition else None
+        ids, lengths_file = pieces_dir / f"{row['piece']}.bin", pieces_dir / f"{row['piece']}.npy"
+        lengths = np.load(lengths_file)
+        yield ids, lengths, np.full(len(lengths), row["part"], np.int32) if by_partition else None
+        ids.unlink()
+        lengths_file.unlink()
