@@ -256,7 +256,7 @@ def test_monitoring_notebook_trains_and_the_monitor_follows(ray_cluster, tmp_pat
 
         board = page.frame_locator("iframe.byzer-tensorboard").first
         try:
-            board.get_by_text("train/loss").first.wait_for(timeout=180_000)
+            board.get_by_text("train/loss").filter(visible=True).first.wait_for(timeout=180_000)
         except PlaywrightTimeoutError:
             shown = board.locator("body").inner_text(timeout=10_000)
             screenshot(frame, "tensorboard-without-the-loss")

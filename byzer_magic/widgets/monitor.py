@@ -5,7 +5,8 @@ Everything it shows comes from the job API (``JobHandle``): the curve from the j
 so a monitor created later, even in another kernel, shows the whole run so far. A daemon thread
 polls while the job runs; the kernel stays free for other cells. Its output also carries a static
 picture of the same (``widgets/static.py``), updated when the status changes, so that the saved
-notebook shows how the run ended.
+notebook shows how the run ended: at once when a wait in this kernel sees the end
+(runtime/kernel/job_watchers.py), since the notebook may be saved right after that cell.
 """
 from __future__ import annotations
 
