@@ -139,14 +139,14 @@ class MemorySampler(threading.Thread):
             self.stop.wait(self.every)
 
 
-def task_timeline(began: float, seconds: float, cores: int) -> dict:
+def task_timeline(dashboard: str, began: float, seconds: float, cores: int) -> dict:
     """Where our path's core-seconds went, from Ray's task events: the tokenising tasks' count, when the
     first started and the last ended (seconds into the path), their busy core-seconds, and what the cores
     spent outside them (start, the tail, the driver's joins)."""
     from ray.util.state import list_tasks
 
     time.sleep(3)  # task events reach the GCS about a second after the task ends
-    tasks = [t for t in list_tasks(detail=True, limit=10_000, raise_on_missing_output=False)
+    tasks = [t for t in list_tasks(address=dashboard, detail=True, limit=10_000, raise_on_missing_output=False)
              if "write_piece" in t.name and t.start_time_ms and t.end_time_ms]
     if not tasks:
         return {}
@@ -195,7 +195,7 @@ def run(work: Path, args) -> None:
     from byzer_magic.runtime.tables import load_text
 
     t1 = time.time()
-    cluster.connect()
+    dashboard = cluster.connect().dashboard_url
     head_s = time.time() - t1
     sampler = MemorySampler()
     sampler.start()
@@ -206,7 +206,7 @@ def run(work: Path, args) -> None:
     path_s = time.time() - t2
     sampler.stop.set()
     sampler.join()
-    timeline = task_timeline(t2, path_s, procs)
+    timeline = task_timeline(dashboard, t2, path_s, procs)
     print("tasks:", timeline, flush=True)
     tokens = int(token_store.TokenStore.open(store).offsets[-1])
     ours = round(tokens / path_s)

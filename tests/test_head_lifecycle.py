@@ -123,3 +123,19 @@ def test_stop_replace_and_a_head_that_only_looks_dead(kernels):
     procs = cluster.head_processes(record)
     b.ok("cluster.stop_local_head()")
     assert not _cmdlines(_running(procs)) and not cluster.head_processes(record) and not _gcs_servers(home)
+
+
+def test_the_heads_services_get_different_free_ports():
+    """A head's start failed when two of its services were given one port (ports taken one after
+    another, each socket closed before the next: the operating system may hand the same port out
+    again). ``free_ports`` holds them all until the last is bound."""
+    import socket
+
+    from byzer_magic.runtime.network import free_ports
+
+    for _ in range(200):
+        ports = free_ports(6)
+        assert len(set(ports)) == 6, ports
+    for port in free_ports(6):  # and each is free: it can be bound again
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

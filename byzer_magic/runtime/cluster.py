@@ -26,6 +26,7 @@ from pathlib import Path
 
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime import processes
+from byzer_magic.runtime.network import free_ports
 from byzer_magic.runtime.home import private_dir, state_dir
 
 HEAD_FILE = "ray_head.json"
@@ -142,10 +143,8 @@ def _temp_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"byzer-ray-{os.getuid()}-{abs(hash(str(preferred))) % 10**8}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_SERVICE_PORT_FLAGS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                       "runtime-env-agent-port", "ray-client-server-port")
 
 
 def default_num_cpus() -> int:
@@ -174,24 +173,23 @@ def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> Clust
     """Start a Ray head bound to 127.0.0.1 as a daemon (own process session) and record it."""
     temp_dir = private_dir(_temp_dir())  # in /tmp it must not be a folder another user planted
     ray_bin = Path(sys.executable).with_name("ray")
-    gcs_port = _free_port()
-    cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", f"--port={gcs_port}",
-           "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--dashboard-port=0",
-           f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus or default_num_cpus()}",
-           "--disable-usage-stats", "--include-dashboard=true"]
-    # Several heads may share a machine (users, test sessions): take free ports for every service
-    # that otherwise has a fixed default (the job agent's 52365, the client server's 10001, ...).
-    for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                 "runtime-env-agent-port", "ray-client-server-port"):
-        cmd.append(f"--{flag}={_free_port()}")
     env = _head_env()
     head_id = secrets.token_hex(8)
     env[HEAD_ID_VAR] = head_id  # inherited by every process of the head: how stop_local_head finds them
-    # Code running on the head (Ray Train's placement-group cleaner, for one) finds "its" cluster by
-    # RAY_ADDRESS, else by looking for GCS processes on the machine, and gives up when there are several.
-    env["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
     log = state_dir() / "ray_head.log"
-    for attempt in range(3):
+    for _ in range(3):
+        # Several heads may share a machine (users, test sessions): free ports for the GCS and every
+        # service that otherwise has a fixed default (the job agent's 52365, the client server's 10001,
+        # ...), all different, and new ones for each attempt.
+        gcs_port, *ports = free_ports(6)
+        cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", f"--port={gcs_port}",
+               "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--dashboard-port=0",
+               f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus or default_num_cpus()}",
+               "--disable-usage-stats", "--include-dashboard=true"]
+        cmd += [f"--{flag}={port}" for flag, port in zip(_SERVICE_PORT_FLAGS, ports)]
+        # Code running on the head (Ray Train's placement-group cleaner, for one) finds "its" cluster by
+        # RAY_ADDRESS, else by looking for GCS processes on the machine, and gives up when there are several.
+        env["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
         with open(log, "wb") as out:
             # Its own session (so detached jobs outlive the kernel): its daemons keep that session id.
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

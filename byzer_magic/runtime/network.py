@@ -1,4 +1,5 @@
-"""NCCL's network interface, found from the node's Ray IP (``setup_nccl_socket_ifname_by_ip``).
+"""NCCL's network interface, found from the node's Ray IP (``setup_nccl_socket_ifname_by_ip``), and free
+ports of the loopback for the services a head starts.
 
 Nodes whose interfaces are named differently (eth0 here, ens3 there) cannot agree on one
 ``NCCL_SOCKET_IFNAME``; each worker instead looks up the interface that carries its own node's IP.
@@ -9,6 +10,20 @@ import os
 import socket
 
 from byzer_magic.errors import ByzerError
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different ports free on ``host`` now. The sockets are held until all are bound: ports
+    taken one after another may repeat once each socket is closed (a head's start failed on that: Ray
+    refuses two of its services on one port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def interface_for_ip(ip: str) -> str | None:

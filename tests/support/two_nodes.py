@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -25,6 +24,8 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+
+from byzer_magic.runtime.network import free_ports
 
 MARK = "BYZER_MAGIC_TEST_CLUSTER"
 
@@ -46,12 +47,6 @@ def can_unshare() -> bool:
         ["unshare", "--mount", "true"], capture_output=True).returncode == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class TwoNodes:
     """``start()`` brings up the head and the second node; ``stop()`` ends every process of both."""
 
@@ -59,7 +54,7 @@ class TwoNodes:
         self.root, self.python, self.token_path, self.hidden = root, python, token_path, hidden
         self.id = secrets.token_hex(6)
         self.temp = Path("/tmp") / f"bm-2n-{self.id}"  # short: Ray's socket paths live under it
-        self.gcs_port, self.dashboard_port, self.client_port = _free_port(), _free_port(), _free_port()
+        self.gcs_port, self.dashboard_port, self.client_port = free_ports(3)
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.gcs = self.client = ""  # known once the head runs (its node's address)
 
@@ -72,16 +67,18 @@ class TwoNodes:
                       "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "180"}  # a busy machine starts it slowly
 
     def _start(self, args: list[str], temp: str, namespace: bool = False) -> None:
-        cmd = [str(self.python), "-m", "ray.scripts.scripts", "start",
-               "--num-cpus=1", f"--temp-dir={self.temp / temp}", "--disable-usage-stats", *args]
-        for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                     "runtime-env-agent-port"):
-            cmd.append(f"--{flag}={_free_port()}")
-        if namespace:  # the node's view of ``hidden`` is an empty tmpfs: it cannot see the shared folder
-            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"', str(self.hidden), *cmd]
         log = self.root / f"ray-start-{temp}.log"
         for _ in range(3):  # Ray gives its agents ~15 s to start: a busy machine can miss that; try again
+            cmd = [str(self.python), "-m", "ray.scripts.scripts", "start",
+                   "--num-cpus=1", f"--temp-dir={self.temp / temp}", "--disable-usage-stats", *args]
+            flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                     "runtime-env-agent-port")
+            taken = (self.gcs_port, self.dashboard_port, self.client_port)
+            ports = [p for p in free_ports(len(flags) + len(taken)) if p not in taken][:len(flags)]
+            cmd += [f"--{flag}={port}" for flag, port in zip(flags, ports)]
+            if namespace:  # the node's view of ``hidden`` is an empty tmpfs: it cannot see the shared folder
+                cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"', str(self.hidden), *cmd]
             with open(log, "wb") as out:
                 code = subprocess.run(cmd, env=self._env(), cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
                                       timeout=180).returncode
