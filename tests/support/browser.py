@@ -129,6 +129,8 @@ def jupyterlab(root_dir: str | os.PathLike, **kwargs):
     try:
         yield lab
     finally:
+        with contextlib.suppress(OSError):  # kept beside the test's files: its kernels' stderr is in it
+            shutil.copyfile(lab.log_path, Path(root_dir) / "jupyterlab.log")
         lab.stop()
 
 
