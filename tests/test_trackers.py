@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,22 +20,17 @@ from byzer_magic.language.llm_params import parse_llm_options
 from byzer_magic.language.parser import parse_cell
 from byzer_magic.runtime.config import ParallelConfig, TrainArgs
 from byzer_magic.runtime.kernel import job_spec
+from byzer_magic.runtime.network import free_ports
 from byzer_magic.runtime.spec import JobSection, JobSpec, TrackingSection
 from byzer_magic.runtime.worker.metrics import MetricsWriter, read_metrics
 from byzer_magic.runtime.worker.trackers import MLFLOW_RUN_FILE, WANDB_RUN_FILE, Tracker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` on a free port of 127.0.0.1 with a SQLite store; its URL."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_ports(1)[0]
     log = open(root / "server.log", "wb")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner workers
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
@@ -119,7 +113,7 @@ def test_mlflow_params_metrics_and_resume(mlflow_server, tmp_path):
 def test_a_tracker_that_cannot_reach_its_server_does_not_stop_training(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     job_dir = tmp_path / "sfft-down"
-    spec = _spec(job_dir, report_to="mlflow", mlflow_tracking_uri=f"http://127.0.0.1:{_free_port()}")
+    spec = _spec(job_dir, report_to="mlflow", mlflow_tracking_uri=f"http://127.0.0.1:{free_ports(1)[0]}")
     writer = MetricsWriter(job_dir, spec=spec)
     started = time.monotonic()
     _log(writer, range(1, 6))

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from byzer_magic.errors import ByzerError
 from byzer_magic.runtime import processes
-from byzer_magic.runtime.network import free_ports
 from byzer_magic.runtime.home import private_dir, state_dir
+from byzer_magic.runtime.network import free_ports
 
 HEAD_FILE = "ray_head.json"
 HEAD_ID_VAR = processes.HEAD_ID_VAR

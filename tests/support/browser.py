@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,14 +25,10 @@ from pathlib import Path
 
 import nbformat
 
+from byzer_magic.runtime.network import free_ports
+
 CHROMIUM = os.environ.get("BYZER_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -84,7 +79,7 @@ def start_jupyterlab(root_dir: str | os.PathLike, *, timeout: float = 90,
     Its runtime, settings and workspace folders are private, so a user's JupyterLab state never leaks
     into a test; the app is exposed as ``window.jupyterapp`` so that tests can run its commands.
     ``env`` is added to the server's environment (its kernels inherit it)."""
-    port, token = free_port(), secrets.token_hex(16)
+    port, token = free_ports(1)[0], secrets.token_hex(16)
     state = Path(tempfile.mkdtemp(prefix="bm-lab-"))
     settings = state / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
