@@ -256,6 +256,9 @@ def test_monitoring_notebook_trains_and_the_monitor_follows(ray_cluster, tmp_pat
 
         board = page.frame_locator("iframe.byzer-tensorboard").first
         try:
+            # TensorBoard draws only the cards in view, and the eval group comes first: filter the tags
+            # as a user would, so the train/loss card is the one in view.
+            board.get_by_role("combobox", name="Filter tags (regex)").fill("^train/loss$", timeout=180_000)
             board.get_by_text("train/loss").filter(visible=True).first.wait_for(timeout=180_000)
         except PlaywrightTimeoutError:
             shown = board.locator("body").inner_text(timeout=10_000)
