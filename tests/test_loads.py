@@ -3,6 +3,7 @@ encodings (a real GB18030 file), and big files read in pieces."""
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pyarrow as pa
@@ -57,6 +58,41 @@ def test_decode_counts_replaced_bytes():
     assert decode(raw, "gb18030") == ("百川", 0)
     text, bad = decode(b"ok " + raw + b"\xff", "utf-8")  # some GB18030 byte pairs are valid UTF-8
     assert text.startswith("ok ") and text.endswith("\ufffd") and 1 < bad <= len(raw) + 1
+
+
+@pytest.mark.parametrize("wholetext", [True, False])
+def test_read_tasks_get_smaller_towards_the_end_and_keep_the_rows(tmp_path, monkeypatch, wholetext):
+    """tables/text.py _read_tasks with the CPUs' count: every byte in one piece, in order; the last tasks
+    smaller, none below the floor but the very last; the same rows as without (wholetext: the pieces at
+    multiples of the chunk size, each a row; lines: every line once, in order)."""
+    from byzer_magic.runtime.tables import text
+    from byzer_magic.runtime.tables.paths import resolve
+
+    rng = random.Random(1)
+    for i in range(12):
+        (tmp_path / f"f{i:02d}.txt").write_text("".join(f"{i} {'y' * rng.randrange(90)}\n"
+                                                        for _ in range(rng.randrange(1, 400))))
+    (tmp_path / "f99.txt").write_text("")
+    files, chunk, floor = resolve(str(tmp_path)), 16 * 1024, 2 * 1024
+    monkeypatch.setattr(text, "MIN_TASK_BYTES", floor)
+
+    def rows(tasks):
+        return [row for task in tasks for row in text._read_task(
+            pa.Table.from_pylist([task]), filesystem=files.filesystem, prefix="", wholetext=wholetext,
+            encoding="utf-8").column("value").to_pylist()]
+
+    plain, guided = (text._read_tasks(files, chunk, wholetext=wholetext, slots=slots) for slots in (0, 2))
+    sizes = [sum(e - s for s, e in zip(t["starts"], t["ends"])) for t in guided]
+    assert len(guided) > len(plain) and max(sizes) <= chunk and sizes[-2] < chunk / 2
+    pieces = [(p, s, e) for t in guided for p, s, e in zip(t["paths"], t["starts"], t["ends"])]
+    for path, size in zip(files.paths, files.sizes):
+        mine = [(s, e) for p, s, e in pieces if p == path]
+        assert mine[0][0] == 0 and mine[-1][1] == size and all(a[1] == b[0] for a, b in zip(mine, mine[1:]))
+        assert not wholetext or all(s % chunk == 0 for s, _ in mine)
+    assert rows(guided) == rows(plain)
+    if not wholetext:  # lines are cut anywhere: no task below the floor but the last
+        assert min(sizes[:-1]) >= floor
+        assert rows(guided) == [line for p in files.paths for line in open(p).read().splitlines()]
 
 
 # ---------------------------------------------------------------------------- formats, on Ray

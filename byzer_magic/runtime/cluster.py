@@ -169,6 +169,21 @@ def _head_env() -> dict[str, str]:
     return env
 
 
+def cpu_slots() -> int:
+    """The connected cluster's CPU slots for CPU-bound tasks, counting this node's as at most its cores:
+    the embedded head has more slots than cores (``default_num_cpus``), and tokenising tasks beyond the
+    cores slow each other (a 256 MB corpus on 2 cores: 4.2M tokens/s with 8 slots, 5.3M with 2)."""
+    import ray  # noqa: PLC0415
+
+    here = ray.get_runtime_context().get_node_id()
+    slots = 0.0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            cpus = node.get("Resources", {}).get("CPU", 0)
+            slots += min(cpus, os.cpu_count() or 1) if node["NodeID"] == here else cpus
+    return max(1, int(slots))
+
+
 def start_local_head(num_cpus: int | None = None, timeout: float = 120) -> ClusterInfo:
     """Start a Ray head bound to 127.0.0.1 as a daemon (own process session) and record it."""
     temp_dir = private_dir(_temp_dir())  # in /tmp it must not be a folder another user planted

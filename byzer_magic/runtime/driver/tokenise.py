@@ -10,7 +10,6 @@ marked with its index.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from byzer_magic.runtime import token_store
+from byzer_magic.runtime import cluster, token_store
 from byzer_magic.runtime.tokenizer import Tokenizer, cached_tokenizer
 
 _BATCH = 256  # documents per tokenizer call when tokenising in this process
@@ -72,7 +71,7 @@ def build_store(make_dataset: Callable[[], object], store_dir: Path, *, tokenize
         from ray.data import ExecutionResources  # noqa: PLC0415
 
         source.context.execution_options.preserve_order = True  # the pieces in the input's order
-        source.context.execution_options.resource_limits = ExecutionResources(cpu=task_slots())
+        source.context.execution_options.resource_limits = ExecutionResources(cpu=cluster.cpu_slots())
         rows = tokenised(source, kwargs).iter_rows()  # each piece joined as soon as those before it are
     partitions = len(rows) if by_partition else 0
     token_store.join_pieces(store_dir, _pieces(pieces_dir, rows, by_partition), vocab_size=vocab,
@@ -89,21 +88,6 @@ def tokenised(ds, kwargs: dict):
                           fn_kwargs=kwargs)
 
 
-def task_slots() -> int:
-    """The cluster's CPU slots, counting this node's as at most its cores: the embedded head has more slots
-    than cores (runtime/cluster.py default_num_cpus), and tokenising tasks beyond the cores slow each other
-    (a 256 MB corpus on 2 cores: 4.2M tokens/s with 8 slots, 5.3M with 2)."""
-    import ray  # noqa: PLC0415
-
-    here = ray.get_runtime_context().get_node_id()
-    slots = 0.0
-    for node in ray.nodes():
-        if node.get("Alive"):
-            cpus = node.get("Resources", {}).get("CPU", 0)
-            slots += min(cpus, os.cpu_count() or 1) if node["NodeID"] == here else cpus
-    return max(1, int(slots))
-
-
 def _tokenise_partitions(source, kwargs: dict) -> list[dict]:
     """One task per partition, in order; at most ``_IN_FLIGHT`` at once. ``source``: a Dataset whose
     blocks are the partitions (the plan preserves their order), or a list of parquet files, one per
@@ -116,7 +100,7 @@ def _tokenise_partitions(source, kwargs: dict) -> list[dict]:
         source.context.execution_options.preserve_order = True
         blocks = (block for bundle in source.iter_internal_ref_bundles() for block in bundle.block_refs)
     task = ray.remote(num_cpus=1)(_tokenise_partition)
-    pending, done, in_flight = [], [], min(_IN_FLIGHT, task_slots())
+    pending, done, in_flight = [], [], min(_IN_FLIGHT, cluster.cpu_slots())
     for index, block in enumerate(blocks):
         pending.append(task.remote(block, index, kwargs))
         if len(pending) >= in_flight:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import ray.data
 
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+MIN_TASK_BYTES = 16 * 1024 * 1024  # the smallest read task _read_tasks makes to even out the end
 COMMON_ENCODINGS = ("utf-8", "utf-8-sig", "gb18030", "gbk", "gb2312", "big5", "shift_jis", "euc-jp", "euc-kr",
                     "latin-1", "cp1252")
 SAMPLE_FILES, SAMPLE_BYTES = 64, 1024 * 1024  # what check_decoding reads: files, bytes of each
@@ -61,7 +63,10 @@ def load_text(path: str, *, wholetext: bool, encoding: str = "utf-8",
 def text_table(files: Files, *, wholetext: bool, encoding: str, chunk_size: int) -> "ray.data.Dataset":
     import ray.data  # noqa: PLC0415
 
-    items = _read_tasks(files, chunk_size)
+    from byzer_magic.runtime import cluster  # noqa: PLC0415
+
+    slots = cluster.cpu_slots() if ray.is_initialized() else (os.cpu_count() or 1)
+    items = _read_tasks(files, chunk_size, wholetext=wholetext, slots=slots)
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1024))
     ds = ds.map_batches(_read_task, batch_size=1, batch_format="pyarrow",
                         fn_kwargs={"filesystem": files.filesystem, "prefix": files.prefix,
@@ -73,23 +78,37 @@ def read_text_here(files: Files, *, wholetext: bool, encoding: str = "utf-8",
                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[pa.Table]:
     """``text_table``'s rows, read in this process one piece at a time (for inputs too small to be worth
     starting Ray Data's tasks: driver/inputs.py)."""
-    for item in _read_tasks(files, chunk_size):
+    for item in _read_tasks(files, chunk_size, wholetext=wholetext):
         yield _read_task(pa.Table.from_pylist([item]), filesystem=files.filesystem, prefix=files.prefix,
                          wholetext=wholetext, encoding=codec_name(encoding))
 
 
-def _read_tasks(files: Files, chunk_size: int) -> list[dict]:
-    """The files cut into pieces of at most ``chunk_size`` bytes, grouped into read tasks."""
+def _read_tasks(files: Files, chunk_size: int, *, wholetext: bool = True, slots: int = 0) -> list[dict]:
+    """The files cut into pieces of at most ``chunk_size`` bytes, grouped into read tasks of at most
+    ``chunk_size`` bytes (a piece alone may hold more: a line read on past its end).
+
+    With ``slots`` (the CPUs that run the tasks) the tasks get smaller towards the end, none above a
+    ``2 * slots``-th of the bytes still to assign nor below ``MIN_TASK_BYTES`` (guided self-scheduling):
+    the CPUs finish together, where one read the last ``chunk_size`` alone (a 1 GB corpus, 2 CPUs: 5 s
+    of one idle core, docs/BENCHMARKS.md). Lines are cut anywhere; a ``wholetext`` piece is a row, so its
+    cuts stay at multiples of ``chunk_size`` whatever the task sizes."""
     if chunk_size < 1:
         raise ByzerError(f"the chunk size must be at least 1 byte, not {chunk_size}")
-    tasks, current, held = [], _Task(), 0
+    tasks, current, held, left = [], _Task(), 0, sum(files.sizes)
     for path, size in zip(files.paths, files.sizes):
-        for start in range(0, max(size, 1), chunk_size):
-            if current.paths and held + min(chunk_size, size - start) > chunk_size:
+        start = 0
+        while True:  # an empty file too: one empty piece
+            target = chunk_size if not slots else min(chunk_size, max(MIN_TASK_BYTES, left // (2 * slots)))
+            grid = (start // chunk_size + 1) * chunk_size
+            end = min(size, grid if wholetext else start + max(1, target - held))
+            if current.paths and held + end - start > target:
                 tasks.append(current)
                 current, held = _Task(), 0
-            current.add(path, start, min(start + chunk_size, size), size)
-            held += min(chunk_size, size - start)
+                continue
+            current.add(path, start, end, size)
+            held, left, start = held + end - start, left - (end - start), end
+            if start >= size:
+                break
     tasks.append(current)
     return [t.__dict__ for t in tasks]
 
