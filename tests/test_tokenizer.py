@@ -141,6 +141,32 @@ def test_long_documents_are_encoded_in_segments_with_the_whole_texts_ids(shape, 
     assert [x.tolist() for x in small] == [x.tolist() for x in ids] and all(x.dtype == "int32" for x in small)
 
 
+def test_sentencepiece_ids_come_as_arrays_and_lists_alike(sp_model):
+    """long_documents.sentencepiece_encoder: int32 arrays where this SentencePiece returns them, lists
+    where an older one refuses out_type="numpy"; the token store's ids the same either way."""
+    import numpy as np
+
+    from byzer_magic.runtime import long_documents
+
+    tok = load_tokenizer(sp_model)
+
+    class Older:  # SentencePiece before out_type="numpy"
+        def encode(self, text, out_type):
+            if out_type == "numpy":
+                raise ValueError(f"Invalid return_type: {out_type}")
+            return tok.backend.encode(text, out_type=out_type)
+
+    arrays, lists = long_documents.sentencepiece_encoder(tok.backend), long_documents.sentencepiece_encoder(Older())
+    assert all(isinstance(ids, np.ndarray) and ids.dtype == np.int32 for ids in arrays(TEXTS))
+    assert all(isinstance(ids, list) for ids in lists(TEXTS))
+    assert [ids.tolist() for ids in arrays(TEXTS)] == lists(TEXTS) == tok.encode_batch(TEXTS)
+    long = "".join(TEXTS) * 6
+    flat, lengths = tok.encode_flat([long, TEXTS[0]], np.uint16)
+    older = long_documents.encode_flat([long, TEXTS[0]], lists, tok._continuation, eos=tok.eos_id,
+                                       dtype=np.uint16, call_chars=long_documents.SEGMENT)
+    assert np.array_equal(flat, older[0]) and np.array_equal(lengths, older[1]) and flat.dtype == np.uint16
+
+
 def test_a_tokenizer_that_segments_would_change_encodes_whole(sp_model):
     from byzer_magic.runtime import long_documents
 

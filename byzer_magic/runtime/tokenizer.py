@@ -64,18 +64,25 @@ class Tokenizer:
     def encode_documents(self, texts: list[str]) -> list[np.ndarray]:
         """``encode_batch`` for training documents, as int32 arrays: long ones in segments where that gives
         the same ids (runtime/long_documents.py), several times faster with SentencePiece."""
-        return long_documents.encode_documents(texts, self.encode_batch, self._continuation)
+        return long_documents.encode_documents(texts, self._encode_ids, self._continuation)
 
     def encode_flat(self, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
         """``encode_documents``' ids end to end with ``eos_id`` after each, as one ``dtype`` array, and each
         document's length with its end-of-text (the token store's form: runtime/token_store.py)."""
         calls = long_documents.SEGMENT if self.kind == "sentencepiece" else long_documents.CALL_CHARS
-        return long_documents.encode_flat(texts, self.encode_batch, self._continuation, eos=self.eos_id,
+        return long_documents.encode_flat(texts, self._encode_ids, self._continuation, eos=self.eos_id,
                                           dtype=dtype, call_chars=calls)
 
     @functools.cached_property  # probed once per process (the object pickles as its path)
     def _continuation(self):
-        return long_documents.continuation_encoder(self.encode_batch, self.kind, self.backend)
+        return long_documents.continuation_encoder(self._encode_ids, self.kind, self.backend)
+
+    @functools.cached_property
+    def _encode_ids(self) -> long_documents.Encode:
+        """``encode_batch`` for the token store: with SentencePiece, arrays instead of lists where it can."""
+        if self.kind == "sentencepiece":
+            return long_documents.sentencepiece_encoder(self.backend)
+        return self.encode_batch
 
     @property
     def vocab_size(self) -> int:
