@@ -91,28 +91,25 @@ def _pieces(paths: list[Path], budget: int, piece: int = 1 << 14):
             return
 
 
-_sp, _out_type, _start = None, int, None
+_encode, _start = None, None
 
 
 def _init(model: str, start) -> None:
-    """The pool's processes: the model, SentencePiece's fastest output (an array, where it has one), and
-    the barrier at which they start encoding together."""
-    global _sp, _out_type, _start
+    """The pool's processes: the model's encode at its fastest (``long_documents.sentencepiece_encoder``:
+    arrays, where SentencePiece returns them), and the barrier at which they start encoding together."""
+    global _encode, _start
     import sentencepiece as spm
 
-    _sp, _start = spm.SentencePieceProcessor(model_file=model), start
-    try:
-        _sp.encode("a", out_type="numpy")
-        _out_type = "numpy"
-    except (ValueError, TypeError, RuntimeError):
-        _out_type = int
+    from byzer_magic.runtime.long_documents import sentencepiece_encoder
+
+    _encode, _start = sentencepiece_encoder(spm.SentencePieceProcessor(model_file=model)), start
 
 
 def _encode_share(pieces: list[bytes]) -> tuple[int, int, float]:
     """This process's share, decoded and encoded: its tokens, bytes and seconds (the encoding's alone)."""
     _start.wait()
     began = time.perf_counter()
-    tokens = sum(len(_sp.encode(data.decode("utf-8"), out_type=_out_type)) for data in pieces)
+    tokens = sum(len(_encode([data.decode("utf-8")])[0]) for data in pieces)
     return tokens, sum(map(len, pieces)), time.perf_counter() - began
 
 

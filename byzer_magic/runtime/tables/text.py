@@ -83,7 +83,7 @@ def read_text_here(files: Files, *, wholetext: bool, encoding: str = "utf-8",
                          wholetext=wholetext, encoding=codec_name(encoding))
 
 
-def _read_tasks(files: Files, chunk_size: int, *, wholetext: bool = True, slots: int = 0) -> list[dict]:
+def _read_tasks(files: Files, chunk_size: int, *, wholetext: bool, slots: int = 0) -> list[dict]:
     """The files cut into pieces of at most ``chunk_size`` bytes, grouped into read tasks of at most
     ``chunk_size`` bytes (a piece alone may hold more: a line read on past its end).
 
